@@ -1,0 +1,3 @@
+from factorch.cli import main
+
+raise SystemExit(main())

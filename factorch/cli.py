@@ -1,0 +1,153 @@
+"""The ``factorch`` command line: parses arguments and calls the public API, nothing more."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+console = Console()
+
+
+def _add_threads(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's own)")
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(t) for t in text.replace("x", ",").split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"input shape must be integers like 1,1,28,28, got {text!r}") from None
+    if not shape or any(s < 1 for s in shape):
+        raise argparse.ArgumentTypeError(f"input shape must be positive integers like 1,1,28,28, got {text!r}")
+    return shape
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="factorch", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a reference model on Fashion-MNIST")
+    p.add_argument("model", help="registry name (see `factorch models`) or package.module:factory")
+    p.add_argument("--data", default="fashion-mnist", choices=["fashion-mnist"])
+    p.add_argument("--data-root", default=None, help="folder with the IDX files")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output folder (checkpoint, weights, model card)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    _add_threads(p)
+
+    p = sub.add_parser("evaluate", help="test accuracy and loss on Fashion-MNIST")
+    p.add_argument("model", help="registry name, saved folder, checkpoint, or package.module:factory")
+    p.add_argument("--pretrained", action="store_true", help="load the shipped Fashion-MNIST weights")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_threads(p)
+
+    p = sub.add_parser("profile", help="per-layer parameters and MACs")
+    p.add_argument("model", help="registry name, saved folder, checkpoint, or package.module:factory")
+    p.add_argument("--pretrained", action="store_true")
+    p.add_argument("--input-shape", type=_parse_shape, default=(1, 1, 28, 28))
+    p.add_argument("--latency", action="store_true", help="also measure latency at batch 1 and 64")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    _add_threads(p)
+
+    p = sub.add_parser("models", help="list the reference models")
+    p.add_argument("pattern", nargs="?", default="*")
+    return parser
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from factorch.data import fashion_mnist
+    from factorch.models._resolve import MODEL_JSON, WEIGHTS, architecture_spec, build_model
+    from factorch.train import TrainConfig, evaluate, train
+
+    out = Path(args.out)
+    model = build_model(args.model)
+    train_set = fashion_mnist("train", args.data_root, seed=args.seed)
+    test_set = fashion_mnist("test", args.data_root)
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                         weight_decay=args.weight_decay, seed=args.seed)
+    spec = architecture_spec(args.model)
+    if (out / "checkpoint.pt").is_file() and not args.resume:
+        raise SystemExit(f"error: {out}/checkpoint.pt exists; pass --resume to continue it or choose another --out")
+
+    def report(epoch: int, m: dict) -> None:
+        console.print(f"epoch {epoch}: train loss {m['train_loss']:.4f}, train acc {m['train_accuracy']:.2f} %, "
+                      f"test acc {m['test_accuracy']:.2f} %, {m['wall_time_s']:.0f} s")
+
+    result = train(model, train_set, config, out_dir=out, test_data=test_set, resume=args.resume,
+                   extra_state=spec, on_epoch_end=report)
+    final = evaluate(model, test_set, show_progress=False)
+    torch.save(model.state_dict(), out / WEIGHTS)
+    (out / MODEL_JSON).write_text(json.dumps(spec, indent=2) + "\n")
+    card = {
+        "model": args.model,
+        "command": "factorch " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "seed": args.seed,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "weight_decay": args.weight_decay,
+        "wall_time_s": round(result.wall_time_s, 1),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "test_accuracy": round(final["accuracy"], 2),
+        "test_loss": round(final["loss"], 4),
+        "history": result.history,
+    }
+    (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    console.print(f"[bold green]done[/]: test accuracy {final['accuracy']:.2f} %, wall time "
+                  f"{result.wall_time_s:.0f} s; saved {out / WEIGHTS}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from factorch.data import fashion_mnist
+    from factorch.models._resolve import load_model
+    from factorch.train import evaluate
+
+    model = load_model(args.model, pretrained=args.pretrained)
+    t0 = time.perf_counter()
+    result = evaluate(model, fashion_mnist("test", args.data_root), show_progress=not args.json)
+    result["wall_time_s"] = round(time.perf_counter() - t0, 2)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        console.print(f"{args.model}: test accuracy [bold]{result['accuracy']:.2f} %[/], loss {result['loss']:.4f} "
+                      f"({result['samples']} images)")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from factorch.models import list_models, weights_path
+
+    for name in list_models(args.pattern):
+        console.print(f"{name}{'  (pretrained)' if weights_path(name).is_file() else ''}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "models": cmd_models}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+    try:
+        return COMMANDS[args.command](args)
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        console.print(f"[bold red]error:[/] {err}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]; re-run with --resume to continue from the last checkpoint")
+        return 130
