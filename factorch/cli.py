@@ -61,6 +61,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     _add_threads(p)
 
+    p = sub.add_parser("compress", help="factorize a model's layers and report before/after")
+    p.add_argument("model", help="registry name, saved folder, checkpoint, or package.module:factory")
+    p.add_argument("--pretrained", action="store_true", help="start from the shipped Fashion-MNIST weights")
+    p.add_argument("--method", required=True, choices=["tucker2", "cp", "svd", "spatial-svd", "tt"])
+    p.add_argument(
+        "--rank",
+        default="vbmf",
+        help="vbmf | vbmf:W | energy:0.95 | params:0.25 | macs:0.33 | a fraction like 0.5 | an int like 16",
+    )
+    p.add_argument("--form", default="4", choices=["4", "3"], help="CP form (4 factors or MobileNet-like 3)")
+    p.add_argument("--fold-bn", action="store_true", help="fold BatchNorm into the preceding conv first")
+    p.add_argument("--allow-larger", action="store_true", help="keep layers that do not get smaller")
+    p.add_argument("--input-shape", type=_parse_shape, default=(1, 1, 28, 28))
+    p.add_argument("--out", required=True, help="folder for the compressed model, report.md and report.json")
+    p.add_argument("--no-eval", action="store_true", help="skip the test-accuracy evaluation")
+    p.add_argument("--data-root", default=None)
+    _add_threads(p)
+
     p = sub.add_parser("models", help="list the reference models")
     p.add_argument("pattern", nargs="?", default="*")
     return parser
@@ -75,24 +93,35 @@ def cmd_train(args: argparse.Namespace) -> int:
     model = build_model(args.model)
     train_set = fashion_mnist("train", args.data_root, seed=args.seed)
     test_set = fashion_mnist("test", args.data_root)
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                         weight_decay=args.weight_decay, seed=args.seed)
+    config = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed
+    )
     spec = architecture_spec(args.model)
     if (out / "checkpoint.pt").is_file() and not args.resume:
         raise SystemExit(f"error: {out}/checkpoint.pt exists; pass --resume to continue it or choose another --out")
 
     def report(epoch: int, m: dict) -> None:
-        console.print(f"epoch {epoch}: train loss {m['train_loss']:.4f}, train acc {m['train_accuracy']:.2f} %, "
-                      f"test acc {m['test_accuracy']:.2f} %, {m['wall_time_s']:.0f} s")
+        console.print(
+            f"epoch {epoch}: train loss {m['train_loss']:.4f}, train acc {m['train_accuracy']:.2f} %, "
+            f"test acc {m['test_accuracy']:.2f} %, {m['wall_time_s']:.0f} s"
+        )
 
-    result = train(model, train_set, config, out_dir=out, test_data=test_set, resume=args.resume,
-                   extra_state=spec, on_epoch_end=report)
+    result = train(
+        model,
+        train_set,
+        config,
+        out_dir=out,
+        test_data=test_set,
+        resume=args.resume,
+        extra_state=spec,
+        on_epoch_end=report,
+    )
     final = evaluate(model, test_set, show_progress=False)
     torch.save(model.state_dict(), out / WEIGHTS)
     (out / MODEL_JSON).write_text(json.dumps(spec, indent=2) + "\n")
     card = {
         "model": args.model,
-        "command": "factorch " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "command": "factorch " + " ".join(shlex.quote(a) for a in args.argv),
         "seed": args.seed,
         "epochs": args.epochs,
         "batch_size": args.batch_size,
@@ -106,8 +135,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         "history": result.history,
     }
     (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
-    console.print(f"[bold green]done[/]: test accuracy {final['accuracy']:.2f} %, wall time "
-                  f"{result.wall_time_s:.0f} s; saved {out / WEIGHTS}")
+    console.print(
+        f"[bold green]done[/]: test accuracy {final['accuracy']:.2f} %, wall time "
+        f"{result.wall_time_s:.0f} s; saved {out / WEIGHTS}"
+    )
     return 0
 
 
@@ -123,8 +154,87 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        console.print(f"{args.model}: test accuracy [bold]{result['accuracy']:.2f} %[/], loss {result['loss']:.4f} "
-                      f"({result['samples']} images)")
+        console.print(
+            f"{args.model}: test accuracy [bold]{result['accuracy']:.2f} %[/], loss {result['loss']:.4f} "
+            f"({result['samples']} images)"
+        )
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from factorch.models._resolve import load_model
+    from factorch.profiling import measure_latency, profile
+
+    model = load_model(args.model, pretrained=args.pretrained)
+    report = profile(model, input_shape=args.input_shape)
+    latency = None
+    if args.latency:
+        latency = measure_latency(model, input_shape=args.input_shape, batch_sizes=(1, 64), threads=args.threads)
+    if args.json:
+        out = report.to_dict()
+        if latency is not None:
+            out["latency"] = latency.to_dict()
+        print(json.dumps(out))
+        return 0
+    report.print(console)
+    if latency is not None:
+        console.print(latency.to_markdown())
+    return 0
+
+
+def _method_config(args: argparse.Namespace):
+    from factorch.config import config_for_method
+
+    options = {"rank": _rank_arg(args.rank), "fold_bn": args.fold_bn, "allow_larger": args.allow_larger}
+    if args.method == "cp":
+        options["form"] = args.form
+    return config_for_method(args.method, **options)
+
+
+def _rank_arg(text: str):
+    text = text.strip()
+    if text.isdigit():
+        return int(text)
+    if "," in text:
+        return tuple(int(t) for t in text.split(","))
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    import factorch
+    from factorch.models._resolve import load_model
+
+    model = load_model(args.model, pretrained=args.pretrained)
+    x = torch.randn(*args.input_shape)
+    config = _method_config(args)
+    t0 = time.perf_counter()
+    compressed, report = factorch.compress(model, config, example_inputs=x)
+    report.totals["compress_time_s"] = round(time.perf_counter() - t0, 2)
+    if not args.no_eval:
+        from factorch.data import fashion_mnist
+        from factorch.train import evaluate
+
+        test = fashion_mnist("test", args.data_root)
+        before = evaluate(model, test, description="evaluate dense")
+        after = evaluate(compressed, test, description="evaluate compressed")
+        report.totals.update(accuracy_before=round(before["accuracy"], 2), accuracy_after=round(after["accuracy"], 2))
+    out = Path(args.out)
+    factorch.save(compressed, out)
+    (out / "report.md").write_text(report.to_markdown())
+    (out / "report.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    report.print(console)
+    t = report.totals
+    line = (
+        f"params {t['params_before']:,} -> {t['params_after']:,} (x{t['params_ratio']:.3f}), "
+        f"MACs {t['macs_before']:,} -> {t['macs_after']:,} (x{t['macs_ratio']:.3f})"
+    )
+    if "accuracy_after" in t:
+        line += f", test accuracy {t['accuracy_before']:.2f} % -> {t['accuracy_after']:.2f} %"
+    console.print(f"[bold]{line}[/]")
+    console.print(f"saved to {out} (plan.json, weights.pt, report.md, report.json)")
     return 0
 
 
@@ -136,11 +246,19 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "models": cmd_models}
+COMMANDS = {
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "profile": cmd_profile,
+    "compress": cmd_compress,
+    "models": cmd_models,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     try:

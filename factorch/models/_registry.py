@@ -9,12 +9,19 @@ from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
-import torch
 from torch import nn
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
 WEIGHTS_PACKAGE = "factorch.models"
+
+
+SPEC_FORMAT = "factorch-model"
+
+
+def architecture_spec(name: str, **kwargs) -> dict:
+    """The JSON description of an architecture (registry name or ``package.module:factory`` + options)."""
+    return {"format": SPEC_FORMAT, "version": 1, "architecture": name, "kwargs": kwargs}
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -75,6 +82,8 @@ def create_model(
     if name not in _MODELS:
         raise unknown_model_error(name)
     model = _MODELS[name](num_classes=num_classes, in_channels=in_channels, **kwargs)
+    # how to rebuild the architecture (used when loading saved or compressed models)
+    model.factorch_spec = architecture_spec(name, num_classes=num_classes, in_channels=in_channels, **kwargs)
     if pretrained:
         if num_classes != 10 or in_channels != 1 or kwargs:
             raise ValueError(
@@ -92,5 +101,3 @@ def create_model(
         model.load_state_dict({k: v.to(ref[k].dtype) for k, v in state.items()})
         model.eval()
     return model
-
-

@@ -10,16 +10,11 @@ from pathlib import Path
 from torch import nn
 
 from factorch.models._io import CheckpointError, load_checkpoint_file, load_state_dict_file
-from factorch.models._registry import create_model, is_model, unknown_model_error
+from factorch.models._registry import SPEC_FORMAT as FORMAT
+from factorch.models._registry import architecture_spec, create_model, is_model, unknown_model_error
 
 MODEL_JSON = "model.json"
 WEIGHTS = "weights.pt"
-FORMAT = "factorch-model"
-
-
-def architecture_spec(name: str, **kwargs) -> dict:
-    """The JSON description of a registry architecture stored beside saved weights."""
-    return {"format": FORMAT, "version": 1, "architecture": name, "kwargs": kwargs}
 
 
 def build_from_spec(spec: dict, where: str) -> nn.Module:
@@ -42,6 +37,7 @@ def build_model(name: str, **kwargs) -> nn.Module:
         model = factory(**kwargs)
         if not isinstance(model, nn.Module):
             raise TypeError(f"{name!r} returned a {type(model).__name__}, expected a torch.nn.Module")
+        model.factorch_spec = architecture_spec(name, **kwargs)
         return model
     if not is_model(name):
         raise unknown_model_error(name)
@@ -56,6 +52,10 @@ def load_model(spec: str | Path, *, pretrained: bool = False) -> nn.Module:
     """
     path = Path(spec)
     if path.is_dir():
+        if (path / "plan.json").is_file():
+            from factorch.io import load
+
+            return load(path)
         if (path / MODEL_JSON).is_file():
             try:
                 desc = json.loads((path / MODEL_JSON).read_text())
@@ -69,7 +69,7 @@ def load_model(spec: str | Path, *, pretrained: bool = False) -> nn.Module:
             return model.eval()
         if (path / "checkpoint.pt").is_file():
             return load_model(path / "checkpoint.pt")
-        raise CheckpointError(f"folder {path} holds neither {MODEL_JSON} nor checkpoint.pt")
+        raise CheckpointError(f"folder {path} holds neither plan.json, {MODEL_JSON} nor checkpoint.pt")
     if path.is_file():
         ckpt = load_checkpoint_file(path)
         extra = ckpt.get("extra")

@@ -15,8 +15,9 @@ VGG_LAYOUT = (64, "M", 64, 128, "M", 128, 256, 256, "M", 256, 256)
 
 
 class VGG(nn.Module):
-    def __init__(self, layout=VGG_LAYOUT, num_classes: int = 10, in_channels: int = 1, hidden: int = 512,
-                 dropout: float = 0.3) -> None:
+    def __init__(
+        self, layout=VGG_LAYOUT, num_classes: int = 10, in_channels: int = 1, hidden: int = 512, dropout: float = 0.3
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         prev = in_channels
@@ -24,8 +25,7 @@ class VGG(nn.Module):
             if item == "M":
                 layers.append(nn.MaxPool2d(2))
             else:
-                layers += [nn.Conv2d(prev, item, 3, padding=1, bias=False), nn.BatchNorm2d(item),
-                           nn.ReLU(inplace=True)]
+                layers += [nn.Conv2d(prev, item, 3, padding=1, bias=False), nn.BatchNorm2d(item), nn.ReLU(inplace=True)]
                 prev = item
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)

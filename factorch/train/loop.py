@@ -53,8 +53,14 @@ class TrainResult:
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, data: Dataset | DataLoader, *, batch_size: int = 500,
-             description: str = "evaluate", show_progress: bool = True) -> dict[str, float]:
+def evaluate(
+    model: nn.Module,
+    data: Dataset | DataLoader,
+    *,
+    batch_size: int = 500,
+    description: str = "evaluate",
+    show_progress: bool = True,
+) -> dict[str, float]:
     """Top-1 accuracy (%) and mean cross-entropy of ``model`` on ``data``.
 
     ``data`` is a Dataset of ``(input, label)`` or a DataLoader yielding batches of them.
@@ -129,7 +135,9 @@ def train(
             (decay if p.ndim > 1 else no_decay).append(p)
     optimizer = torch.optim.SGD(
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0,
+        lr=config.lr,
+        momentum=config.momentum,
+        nesterov=config.momentum > 0,
     )
     steps_per_epoch = math.ceil(len(train_data) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
@@ -153,13 +161,11 @@ def train(
         if hasattr(train_data, "set_epoch"):
             train_data.set_epoch(epoch)
         order = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
-        loader = DataLoader(train_data, batch_size=config.batch_size, shuffle=True, generator=order,
-                            drop_last=False)
+        loader = DataLoader(train_data, batch_size=config.batch_size, shuffle=True, generator=order, drop_last=False)
         torch.manual_seed(config.seed * 7_919 + epoch)  # dropout etc.
         model.train()
         loss_sum, correct, seen = 0.0, 0, 0
-        with progress_bar(f"epoch {epoch + 1}/{config.epochs}", total=len(loader),
-                          enabled=show_progress) as advance:
+        with progress_bar(f"epoch {epoch + 1}/{config.epochs}", total=len(loader), enabled=show_progress) as advance:
             for i, (x, y) in enumerate(loader):
                 lr = _lr_at(epoch * steps_per_epoch + i, total_steps, warmup, config.lr)
                 for group in optimizer.param_groups:
@@ -181,9 +187,15 @@ def train(
         metrics["wall_time_s"] = round(elapsed, 1)
         result.history.append(metrics)
         _atomic_save(
-            {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
-             "wall_time_s": elapsed, "config": asdict(config), "history": json.dumps(result.history),
-             "extra": json.dumps(extra_state or {})},
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "epoch": epoch + 1,
+                "wall_time_s": elapsed,
+                "config": asdict(config),
+                "history": json.dumps(result.history),
+                "extra": json.dumps(extra_state or {}),
+            },
             ckpt_path,
         )
         if on_epoch_end is not None:

@@ -20,8 +20,7 @@ from torch.utils.data import Dataset, Subset
 DEBIAN_ROOT = Path("/usr/share/datasets/fashion-mnist")
 ENV_VAR = "FACTORCH_DATA"
 MEAN, STD = 0.2860, 0.3530
-CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-           "Ankle boot")
+CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
@@ -30,8 +29,14 @@ INSTALL_HINT = (
     "Install the data with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or put the four IDX .gz "
     f"files in a folder and pass root=... or set ${ENV_VAR}."
 )
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
-               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+_IDX_DTYPES = {
+    0x08: np.uint8,
+    0x09: np.int8,
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -76,9 +81,7 @@ def find_files(split: str, root: str | Path | None = None) -> tuple[Path, Path]:
         if all(p.is_file() for p in paths):
             return paths  # type: ignore[return-value]
         tried += [str(p) for p in paths if not p.is_file()]
-    raise DatasetNotFoundError(
-        f"Fashion-MNIST {split!r} files not found. Tried: {', '.join(tried)}. {INSTALL_HINT}"
-    )
+    raise DatasetNotFoundError(f"Fashion-MNIST {split!r} files not found. Tried: {', '.join(tried)}. {INSTALL_HINT}")
 
 
 class FashionMNIST(Dataset):
@@ -89,8 +92,9 @@ class FashionMNIST(Dataset):
     re-seeded by :meth:`set_epoch`, so a training run is reproducible and resumable.
     """
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, *, augment: bool = False, pad: int = 2,
-                 seed: int = 0) -> None:
+    def __init__(
+        self, images: np.ndarray, labels: np.ndarray, *, augment: bool = False, pad: int = 2, seed: int = 0
+    ) -> None:
         if images.ndim != 3 or len(images) != len(labels):
             raise ValueError(f"expected images N x H x W and N labels, got {images.shape} and {labels.shape}")
         x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
@@ -120,8 +124,9 @@ class FashionMNIST(Dataset):
         return img, int(self.labels[index])
 
 
-def fashion_mnist(split: str, root: str | Path | None = None, *, augment: bool | None = None,
-                  seed: int = 0) -> FashionMNIST:
+def fashion_mnist(
+    split: str, root: str | Path | None = None, *, augment: bool | None = None, seed: int = 0
+) -> FashionMNIST:
     """Load a Fashion-MNIST split.
 
     Args:
@@ -155,8 +160,9 @@ def write_idx(path: str | Path, array: np.ndarray) -> None:
         f.write(header + array.tobytes())
 
 
-def make_fixture(root: str | Path, n_train: int = 64, n_test: int = 32, seed: int = 0,
-                 size: Sequence[int] = (28, 28)) -> Path:
+def make_fixture(
+    root: str | Path, n_train: int = 64, n_test: int = 32, seed: int = 0, size: Sequence[int] = (28, 28)
+) -> Path:
     """Write a small synthetic Fashion-MNIST look-alike (for tests and demos) to ``root``."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,61 @@
+import json
+
+import pytest
+
+from factorch.cli import main
+
+
+def test_train_then_evaluate_saved_folder(fmnist_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert (
+        main(
+            [
+                "train",
+                "lenet5",
+                "--data-root",
+                str(fmnist_root),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "32",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    card = json.loads((out / "card.json").read_text())
+    assert card["epochs"] == 1 and card["command"].startswith("factorch train lenet5")
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--data-root", str(fmnist_root), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["samples"] == 48
+    assert result["accuracy"] == pytest.approx(card["test_accuracy"], abs=0.01)
+    # a second run into the same folder must not silently overwrite it
+    with pytest.raises(SystemExit, match="--resume"):
+        main(["train", "lenet5", "--data-root", str(fmnist_root), "--epochs", "1", "--out", str(out)])
+
+
+def test_unknown_model_is_an_error_with_suggestions(capsys):
+    assert main(["evaluate", "vgj", "--pretrained"]) == 2
+    assert "Did you mean 'vgg'" in capsys.readouterr().out
+
+
+def test_missing_data_is_an_error_with_install_hint(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("factorch.data.fmnist.DEBIAN_ROOT", tmp_path / "none")
+    monkeypatch.delenv("FACTORCH_DATA", raising=False)
+    assert main(["evaluate", "lenet5"]) == 2
+    assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().out
+
+
+def test_corrupt_checkpoint_is_an_error(tmp_path, capsys):
+    bad = tmp_path / "checkpoint.pt"
+    bad.write_bytes(b"\x00" * 100)
+    assert main(["evaluate", str(bad)]) == 2
+    assert "corrupt" in capsys.readouterr().out
+
+
+def test_models_lists_registry(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "resnet20" in out and "vgg" in out

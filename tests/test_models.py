@@ -1,0 +1,95 @@
+import json
+
+import pytest
+import torch
+
+import factorch
+from factorch.models import create_model, list_models, model_card, weights_path
+from factorch.models._io import CheckpointError, load_state_dict_file
+from factorch.models._resolve import architecture_spec, load_model
+
+NAMES = list_models()
+
+
+def test_registry_lists_reference_models():
+    assert {"resnet20", "vgg", "mobilenet_v2", "lenet5"} <= set(NAMES)
+    assert list_models("res*") == ["resnet20"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("in_channels,size", [(1, 28), (3, 32)])
+def test_every_model_runs(name, in_channels, size):
+    model = create_model(name, num_classes=7, in_channels=in_channels).eval()
+    assert model(torch.randn(2, in_channels, size, size)).shape == (2, 7)
+
+
+def test_resnet20_has_paper_parameter_count():
+    # 0.27 M in He et al. 2016 (3-channel input, 10 classes, option-A shortcuts)
+    model = create_model("resnet20", in_channels=3)
+    assert sum(p.numel() for p in model.parameters()) == 269_722
+
+
+def test_vgg_is_in_the_announced_size_range():
+    prof = factorch.profile(create_model("vgg"), input_shape=(1, 1, 28, 28))
+    assert 50e6 <= prof.total_macs <= 100e6
+    convs = [r for r in prof.rows if r.type_name == "Conv2d"]
+    assert len(convs) == 8
+
+
+def test_unknown_model_names_close_matches():
+    with pytest.raises(ValueError, match=r"unknown model 'resnet2'.*Did you mean 'resnet20'"):
+        create_model("resnet2")
+
+
+def test_pretrained_rejects_other_heads():
+    with pytest.raises(ValueError, match="Fashion-MNIST only"):
+        create_model("resnet20", num_classes=100, pretrained=True)
+
+
+@pytest.mark.parametrize("name", ["resnet20", "vgg"])
+def test_pretrained_weights_and_card_are_shipped(name):
+    assert weights_path(name).is_file()
+    card = model_card(name)
+    for key in ("command", "seed", "epochs", "wall_time_s", "test_accuracy"):
+        assert key in card
+    model = create_model(name, pretrained=True)
+    assert not model.training
+    dense = create_model(name)
+    assert any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), dense.state_dict().values()))
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    bad = tmp_path / "weights.pt"
+    bad.write_bytes(b"this is not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_state_dict_file(bad)
+    truncated = tmp_path / "trunc.pt"
+    torch.save(create_model("lenet5").state_dict(), truncated)
+    truncated.write_bytes(truncated.read_bytes()[:300])
+    with pytest.raises(CheckpointError, match="trunc.pt"):
+        load_state_dict_file(truncated)
+
+
+def test_saved_folder_round_trip(tmp_path):
+    model = create_model("lenet5")
+    torch.save(model.state_dict(), tmp_path / "weights.pt")
+    (tmp_path / "model.json").write_text(json.dumps(architecture_spec("lenet5")))
+    loaded = load_model(tmp_path)
+    for (k, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_saved_folder_with_wrong_weights(tmp_path):
+    torch.save(create_model("resnet20").state_dict(), tmp_path / "weights.pt")
+    (tmp_path / "model.json").write_text(json.dumps(architecture_spec("lenet5")))
+    with pytest.raises(CheckpointError, match="does not match the architecture"):
+        load_model(tmp_path)
+
+
+def test_user_factory_spec():
+    model = load_model("factorch.models.lenet:LeNet5")
+    assert isinstance(model, torch.nn.Module)
+    with pytest.raises(ValueError, match="no callable 'Nope'"):
+        load_model("factorch.models.lenet:Nope")
+    with pytest.raises(ValueError, match="cannot import module"):
+        load_model("no_such_package_xyz:make")
