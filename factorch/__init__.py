@@ -1,7 +1,21 @@
 """factorch: make trained PyTorch networks smaller and faster by factorizing their layers."""
 
 from factorch import data as data
+from factorch import decompose as decompose
+from factorch import layers as layers
 from factorch import models as models
+from factorch import rank as rank
+from factorch.api import compress as compress
+from factorch.api import compress_ as compress_
+from factorch.config import CPConfig as CPConfig
+from factorch.config import MethodConfig as MethodConfig
+from factorch.config import Plan as Plan
+from factorch.config import SpatialSVDConfig as SpatialSVDConfig
+from factorch.config import SVDConfig as SVDConfig
+from factorch.config import TTConfig as TTConfig
+from factorch.config import Tucker2Config as Tucker2Config
+from factorch.io import load as load
+from factorch.io import save as save
 from factorch.profiling import ForwardError as ForwardError
 from factorch.profiling import LatencyReport as LatencyReport
 from factorch.profiling import LayerProfile as LayerProfile
@@ -9,5 +23,39 @@ from factorch.profiling import ProfileReport as ProfileReport
 from factorch.profiling import compare_latency as compare_latency
 from factorch.profiling import measure_latency as measure_latency
 from factorch.profiling import profile as profile
+from factorch.rank import EnergyRank as EnergyRank
+from factorch.rank import MACRatioRank as MACRatioRank
+from factorch.rank import ParamRatioRank as ParamRatioRank
+from factorch.rank import VBMFRank as VBMFRank
+from factorch.report import CompressionReport as CompressionReport
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "CPConfig",
+    "CompressionReport",
+    "EnergyRank",
+    "LatencyReport",
+    "MACRatioRank",
+    "MethodConfig",
+    "ParamRatioRank",
+    "Plan",
+    "ProfileReport",
+    "SVDConfig",
+    "SpatialSVDConfig",
+    "TTConfig",
+    "Tucker2Config",
+    "VBMFRank",
+    "compare_latency",
+    "compress",
+    "compress_",
+    "data",
+    "decompose",
+    "layers",
+    "load",
+    "measure_latency",
+    "models",
+    "profile",
+    "rank",
+    "save",
+]

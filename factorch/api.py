@@ -1,0 +1,179 @@
+"""``compress`` / ``compress_``: factorize the layers of a model by config or per-layer plan."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from factorch.config import MethodConfig, Plan
+from factorch.layers import FactorizedLayer, NotFactorizable, layer_class
+from factorch.layers._spec import spec_of
+from factorch.layers.base import count_params
+from factorch.report import CompressionReport, LayerReport
+from factorch.surgery import candidate_layers, conv_bn_pairs, fold_batchnorms, get_module, replace_module, trace_layers
+
+PLAN_ATTR = "_factorch_plan"  # on a compressed model: the folds applied (the layers describe themselves)
+
+
+def _as_inputs(example_inputs: Any) -> tuple | None:
+    if example_inputs is None:
+        return None
+    if isinstance(example_inputs, Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, (tuple, list)):
+        return tuple(example_inputs)
+    raise TypeError(f"example_inputs must be a tensor or a tuple of tensors, got {type(example_inputs).__name__}")
+
+
+def _as_plan(config: MethodConfig | Plan) -> Plan:
+    if isinstance(config, Plan):
+        return config
+    if isinstance(config, MethodConfig):
+        return Plan({"_default": config})
+    raise TypeError(
+        f"config must be a method config (SVDConfig, SpatialSVDConfig, Tucker2Config, CPConfig, "
+        f"TTConfig) or a Plan, got {type(config).__name__}"
+    )
+
+
+def _edge_layers(names: Sequence[str], model: nn.Module) -> set[str]:
+    """The first conv and the last Linear (in execution order when known) stay dense by default."""
+    modules = dict(model.named_modules())
+    convs = [n for n in names if isinstance(modules[n], (nn.Conv1d, nn.Conv2d))]
+    linears = [n for n in names if isinstance(modules[n], nn.Linear)]
+    return {x for x in (convs[:1] + linears[-1:])}
+
+
+def _weight_error(dense: nn.Module, layer: FactorizedLayer) -> float:
+    w = dense.weight.detach().double()
+    with torch.no_grad():
+        return float((layer.reconstruct_weight().to(w.device) - w).norm() / w.norm().clamp_min(1e-300))
+
+
+def compress(
+    model: nn.Module,
+    config: MethodConfig | Plan,
+    *,
+    example_inputs: Tensor | tuple | None = None,
+    inplace: bool = False,
+    keep_edges: bool = True,
+) -> tuple[nn.Module, CompressionReport]:
+    """Factorize the layers of ``model``.
+
+    Args:
+        model: the network (left untouched unless ``inplace=True``).
+        config: one method config for every layer, or a :class:`Plan` of per-layer configs.
+        example_inputs: inputs of one forward pass; used for the execution order, each layer's input size
+            (MACs-based ranks) and whole-model totals. Without them, MACs assume 32x32 inputs.
+        inplace: modify ``model`` itself.
+        keep_edges: leave the first conv and the final classifier dense unless a Plan names them exactly.
+
+    Returns:
+        ``(compressed model, report)``.
+
+    References:
+        See each layer class (Kim et al. 2016; Lebedev et al. 2015; Jaderberg et al. 2014; Novikov et al. 2015).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    plan = _as_plan(config)
+    inputs = _as_inputs(example_inputs)
+    names_in_model = {n for n, _ in model.named_modules() if n}
+    for name in plan.exact_names():
+        if name not in names_in_model:
+            get_module(model, name)  # raises with close matches
+    work = model if inplace else copy.deepcopy(model)
+
+    before_totals = None
+    if inputs is not None:
+        from factorch.profiling import profile
+
+        p = profile(work, inputs)
+        before_totals = {"params_before": p.total_params, "macs_before": p.total_macs}
+
+    fold = any(cfg is not None and cfg.fold_bn for cfg in plan.layers.values())
+    folded: list[tuple[str, str]] = []
+    if fold:
+        folded = fold_batchnorms(work, conv_bn_pairs(work))
+
+    shapes = trace_layers(work, inputs) if inputs is not None else {}
+    layers = list(candidate_layers(work))
+    if shapes:
+        order = {n: i for i, n in enumerate(shapes)}
+        layers.sort(key=lambda item: order.get(item[0], len(order)))
+    edges = _edge_layers([n for n, _ in layers if n in shapes or not shapes], work) if keep_edges else set()
+    for pattern_key, _ in plan._patterns:
+        if not any(_.fullmatch(n) for n, _m in layers):
+            raise ValueError(f"Plan pattern {pattern_key!r} matches no factorizable layer of the model")
+
+    report = CompressionReport(config=plan.to_dict())
+    for name, layer in layers:
+        cfg, key = plan.resolve(name)
+        row = LayerReport(name=name, type=type(layer).__name__)
+        shape = shapes.get(name)
+        input_size = tuple(shape[2:]) if shape is not None and isinstance(layer, (nn.Conv1d, nn.Conv2d)) else None
+        dense_params, dense_macs = FactorizedLayer.dense_cost(layer, input_size)
+        if isinstance(layer, nn.Linear) and shape is not None:
+            dense_macs *= max(1, int(torch.tensor(shape[1:-1]).prod().item()) if len(shape) > 2 else 1)
+        row.params_before, row.macs_before = dense_params, dense_macs
+        report.layers.append(row)
+        if cfg is None:
+            row.skipped = "left dense by the plan" if key is not None else "not named in the plan"
+            continue
+        if name in edges and key != name:
+            row.skipped = "first conv / final classifier kept dense (name it in a Plan to compress it)"
+            continue
+        method = cfg.method
+        try:
+            cls = layer_class(method, layer)
+            options = cfg.options()
+            ranks = cls.resolve_ranks(layer, cfg.rank, input_size=input_size, name=name, **options)
+            params, macs = cls.cost(spec_of(layer), ranks, input_size, **options)
+        except NotFactorizable as err:
+            row.skipped = str(err)
+            continue
+        except ValueError as err:
+            if key == name or "above the maximum" not in str(err):
+                raise ValueError(f"layer {name!r} ({type(layer).__name__}): {err}") from err
+            row.skipped = str(err)  # a model-wide rank that this particular layer cannot take
+            continue
+        if isinstance(layer, nn.Linear) and shape is not None and len(shape) > 2:
+            macs *= int(torch.tensor(shape[1:-1]).prod().item())
+        if not cfg.allow_larger and (params >= dense_params or macs >= dense_macs):
+            row.skipped = (
+                f"{method} at ranks {ranks} would not be smaller (params {params} vs {dense_params}, "
+                f"MACs {macs} vs {dense_macs}); allow_larger=True keeps it anyway"
+            )
+            continue
+        new = cls.from_dense(layer, ranks, **options)
+        row.method, row.ranks = method, tuple(ranks)
+        row.params_after, row.macs_after = params, macs
+        row.rel_error = _weight_error(layer, new)
+        replace_module(work, name, new)
+
+    setattr(work, PLAN_ATTR, {"folded_bn": [list(p) for p in folded]})
+    whole = None
+    if inputs is not None:
+        from factorch.profiling import profile
+
+        p = profile(work, inputs)
+        whole = {**before_totals, "params_after": p.total_params, "macs_after": p.total_macs}
+    report.finalize(whole)
+    if inputs is None:  # parameters are known for the whole model even without inputs
+        report.totals.update(
+            params_before=count_params(model),
+            params_after=count_params(work),
+            scope="model params; MACs of the listed layers (no example inputs)",
+        )
+        report.totals["params_ratio"] = report.totals["params_after"] / max(1, report.totals["params_before"])
+    return work, report
+
+
+def compress_(model: nn.Module, config: MethodConfig | Plan, **kwargs) -> CompressionReport:
+    """In-place :func:`compress`; returns the report."""
+    _, report = compress(model, config, inplace=True, **kwargs)
+    return report

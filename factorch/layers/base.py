@@ -1,0 +1,226 @@
+"""The common frame of every factorized layer: a chain of ordinary torch layers plus the spec of the dense
+layer it replaces, so that it can be rebuilt without decomposing (for loading) and turned back to dense."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from factorch.layers._spec import ConvSpec, EmbeddingSpec, LinearSpec, spec_of
+from factorch.rank import RankLike, RankProblem, Spectrum, as_selector
+
+Spec = ConvSpec | LinearSpec | EmbeddingSpec
+NOMINAL_SIZE = 32  # spatial input size assumed for MACs when none is known
+
+
+class NotFactorizable(ValueError):
+    """A layer that a method cannot (or should not) factorize; the message is the reason."""
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def meta_macs(
+    module: nn.Module, input_shape: tuple[int, ...], dtype: torch.dtype = torch.float32, integer_input: bool = False
+) -> int:
+    """Multiply-accumulates of one forward pass, counted on the meta device (no real compute)."""
+    if integer_input:
+        x = torch.zeros(input_shape, dtype=torch.long, device="meta")
+    else:
+        x = torch.empty(input_shape, dtype=dtype, device="meta")
+    with FlopCounterMode(display=False) as counter:
+        module(x)
+    return counter.get_total_flops() // 2
+
+
+def default_input_shape(spec: Spec, input_size: tuple[int, ...] | None) -> tuple[int, ...]:
+    """Shape of a batch-1 input of the layer (for MACs)."""
+    if isinstance(spec, ConvSpec):
+        size = tuple(input_size) if input_size else (NOMINAL_SIZE,) * spec.dim
+        return (1, spec.in_channels, *size)
+    if isinstance(spec, LinearSpec):
+        return (1, spec.in_features)
+    return (1,)
+
+
+def svdvals(matrix: Tensor) -> Spectrum:
+    m = matrix.detach().double()
+    return Spectrum(torch.linalg.svdvals(m), (m.shape[0], m.shape[1]))
+
+
+def group_kernels(weight: Tensor, groups: int) -> list[Tensor]:
+    """Per-group slices ``(C_out/groups, C_in/groups, *k)`` of a conv weight, in float64."""
+    return list(weight.detach().double().chunk(groups, dim=0))
+
+
+class FactorizedLayer(nn.Sequential):
+    """A chain of standard layers computing (an approximation of) a dense layer.
+
+    Subclasses define the chain (:meth:`build`), the weights from a decomposition (:meth:`_set_factors`),
+    the rank problem and :meth:`reconstruct_weight`. The chain is made of ordinary ``nn.Conv*`` /
+    ``nn.Linear`` modules (or einsum-based TT layers), so it runs with channels_last inputs, ``torch.export``
+    and ONNX export like any model.
+    """
+
+    method: ClassVar[str] = ""
+    rank_names: ClassVar[tuple[str, ...]] = ("rank",)
+
+    def __init__(self, stages: OrderedDict[str, nn.Module], spec: Spec, ranks: tuple[int, ...], **options) -> None:
+        super().__init__(stages)
+        self.spec = spec
+        self.ranks = tuple(int(r) for r in ranks)
+        self.options = dict(options)
+
+    # -- to implement ---------------------------------------------------------------------------------
+    @classmethod
+    def check(cls, spec: Spec, options: dict) -> None:
+        """Raise :class:`NotFactorizable` with the reason when the method cannot handle this layer."""
+
+    @classmethod
+    def max_ranks(cls, spec: Spec, options: dict) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    @classmethod
+    def spectra(cls, layer: nn.Module, spec: Spec, options: dict) -> tuple[tuple[Spectrum, ...], ...]:
+        raise NotImplementedError
+
+    @classmethod
+    def build(cls, spec: Spec, ranks: tuple[int, ...], device=None, **options) -> FactorizedLayer:
+        raise NotImplementedError
+
+    def _set_factors(self, layer: nn.Module) -> None:
+        raise NotImplementedError
+
+    def reconstruct_weight(self) -> Tensor:
+        """The dense weight this layer computes, in float64."""
+        raise NotImplementedError
+
+    # -- shared ---------------------------------------------------------------------------------------
+    @classmethod
+    def cost(
+        cls, spec: Spec, ranks: tuple[int, ...], input_size: tuple[int, ...] | None = None, **options
+    ) -> tuple[int, int]:
+        """``(params, MACs)`` of the factorized layer for a batch-1 input of spatial ``input_size``."""
+        module = cls.build(spec, ranks, device="meta", **options)
+        integer = isinstance(spec, EmbeddingSpec)
+        return count_params(module), meta_macs(
+            module, default_input_shape(spec, input_size), spec.torch_dtype, integer_input=integer
+        )
+
+    @staticmethod
+    def dense_cost(layer: nn.Module, input_size: tuple[int, ...] | None = None) -> tuple[int, int]:
+        spec = spec_of(layer)
+        meta = spec.dense(device="meta")
+        integer = isinstance(spec, EmbeddingSpec)
+        return count_params(meta), meta_macs(
+            meta, default_input_shape(spec, input_size), spec.torch_dtype, integer_input=integer
+        )
+
+    @classmethod
+    def rank_problem(
+        cls, layer: nn.Module, *, input_size: tuple[int, ...] | None = None, name: str = "", **options
+    ) -> RankProblem:
+        spec = spec_of(layer)
+        cls.check(spec, options)
+        return RankProblem(
+            method=cls.method,
+            max_ranks=cls.max_ranks(spec, options),
+            spectra=cls.spectra(layer, spec, options),
+            cost=lambda r: cls.cost(spec, r, input_size, **options),
+            dense_cost=cls.dense_cost(layer, input_size),
+            name=name,
+        )
+
+    @classmethod
+    def resolve_ranks(
+        cls, layer: nn.Module, rank: RankLike, *, input_size=None, name: str = "", **options
+    ) -> tuple[int, ...]:
+        return as_selector(rank)(cls.rank_problem(layer, input_size=input_size, name=name, **options))
+
+    @classmethod
+    def from_dense(
+        cls,
+        layer: nn.Module,
+        rank: RankLike,
+        *,
+        decompose_weights: bool = True,
+        input_size: tuple[int, ...] | None = None,
+        **options,
+    ) -> FactorizedLayer:
+        """Factorize ``layer`` at ``rank``.
+
+        Args:
+            layer: the dense layer (left untouched).
+            rank: an int or per-mode tuple, a fraction of full rank, ``"vbmf"``, ``"energy:0.95"``, or a
+                selector from :mod:`factorch.rank`.
+            decompose_weights: ``False`` builds the structure only (weights uninitialised), e.g. before
+                loading a state dict. Ranks must then be explicit ints.
+            input_size: spatial input size, for rank selectors that look at MACs.
+            **options: method options (e.g. ``form`` for CP).
+        """
+        spec = spec_of(layer)
+        cls.check(spec, options)
+        if decompose_weights or not isinstance(rank, (int, tuple, list)):
+            ranks = cls.resolve_ranks(layer, rank, input_size=input_size, **options)
+        else:
+            ranks = as_selector(rank)(RankProblem(cls.method, cls.max_ranks(spec, options)))
+        device = layer.weight.device if hasattr(layer, "weight") else None
+        module = cls.build(spec, ranks, device=device, **options)
+        if decompose_weights:
+            with torch.no_grad():
+                module._set_factors(layer)
+        return module
+
+    def to_dense(self) -> nn.Module:
+        """A dense layer of the original type computing what this layer computes."""
+        dense = self.spec.dense(device=self._device())
+        with torch.no_grad():
+            dense.weight.copy_(self.reconstruct_weight().to(dense.weight.dtype))
+            bias = self.output_bias()
+            if bias is not None:
+                dense.bias.copy_(bias)
+        return dense
+
+    def output_bias(self) -> Tensor | None:
+        last = self[-1]
+        return getattr(last, "bias", None)
+
+    def _device(self):
+        return next(self.parameters()).device
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{n}={r}" for n, r in zip(self.rank_names, self.ranks))
+
+    def describe(self) -> dict:
+        """JSON-able description: method, ranks, options and the dense spec (enough to rebuild)."""
+        from factorch.layers._spec import spec_to_dict
+
+        return {
+            "method": self.method,
+            "ranks": list(self.ranks),
+            "options": dict(self.options),
+            "spec": spec_to_dict(self.spec),
+        }
+
+
+def copy_into(param: Tensor, value: Tensor) -> None:
+    if param.shape != value.shape:
+        raise RuntimeError(f"internal error: shape {tuple(value.shape)} does not fit {tuple(param.shape)}")
+    param.copy_(value.to(param.dtype))
+
+
+def as_stages(**stages: nn.Module) -> OrderedDict[str, nn.Module]:
+    return OrderedDict(stages)
+
+
+def require_conv(method: str, spec: Spec, dims: tuple[int, ...] = (1, 2)) -> ConvSpec:
+    if not isinstance(spec, ConvSpec):
+        raise NotFactorizable(f"{method} factorizes convolutions only, not {type(spec).__name__.removesuffix('Spec')}")
+    if spec.dim not in dims:
+        raise NotFactorizable(f"{method} needs a {' or '.join(f'{d}-D' for d in dims)} convolution, got {spec.dim}-D")
+    return spec

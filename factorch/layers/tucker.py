@@ -1,0 +1,89 @@
+"""Tucker-2 convolutions: ``1x1 (C_in -> R_in) -> k x k core (R_in -> R_out) -> 1x1 (R_out -> C_out)``."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from factorch.decompose import tucker2
+from factorch.decompose._common import unfold
+from factorch.layers._spec import ConvSpec
+from factorch.layers.base import (
+    FactorizedLayer,
+    NotFactorizable,
+    as_stages,
+    copy_into,
+    group_kernels,
+    require_conv,
+    svdvals,
+)
+
+
+class Tucker2Conv(FactorizedLayer):
+    """Tucker-2 decomposition of a conv kernel along its two channel modes (HOSVD + HOOI).
+
+    The first 1x1 conv has no bias, so it commutes with every padding mode; the core conv keeps every
+    spatial attribute of the dense conv; groups are decomposed group by group (block-diagonal factors as
+    grouped 1x1 convs). Ranks are ``(R_out, R_in)`` per group.
+
+    References: Kim et al. 2016, "Compression of deep convolutional neural networks for fast and low power
+    mobile applications".
+    """
+
+    method = "tucker2"
+    rank_names = ("rank_out", "rank_in")
+
+    @classmethod
+    def check(cls, spec, options) -> None:
+        spec = require_conv("Tucker-2", spec)
+        if spec.in_per_group == 1 and spec.out_per_group == 1:
+            raise NotFactorizable("a depthwise conv has one channel per group: Tucker-2 cannot shrink it")
+
+    @classmethod
+    def max_ranks(cls, spec: ConvSpec, options) -> tuple[int, ...]:
+        return (spec.out_per_group, spec.in_per_group)
+
+    @classmethod
+    def spectra(cls, layer, spec: ConvSpec, options):
+        kernels = group_kernels(layer.weight, spec.groups)
+        return tuple(tuple(svdvals(unfold(w, mode)) for w in kernels) for mode in (0, 1))
+
+    @classmethod
+    def build(cls, spec: ConvSpec, ranks, device=None, **options) -> Tucker2Conv:
+        r_out, r_in = ranks
+        g = spec.groups
+        return cls(
+            as_stages(
+                first=spec.pointwise(spec.in_channels, g * r_in, g, False, device),
+                core=spec.full(g * r_in, g * r_out, g, False, device),
+                last=spec.pointwise(g * r_out, spec.out_channels, g, spec.bias, device),
+            ),
+            spec,
+            ranks,
+            **options,
+        )
+
+    def _set_factors(self, layer: nn.Module) -> None:
+        ones = [1] * self.spec.dim
+        firsts, cores, lasts = [], [], []
+        for w in group_kernels(layer.weight, self.spec.groups):
+            t = tucker2(w, self.ranks, n_iter_max=int(self.options.get("n_iter_max", 100)))
+            firsts.append(t.in_factor.T.reshape(t.in_factor.shape[1], t.in_factor.shape[0], *ones))
+            cores.append(t.core)
+            lasts.append(t.out_factor.reshape(*t.out_factor.shape, *ones))
+        copy_into(self.first.weight, torch.cat(firsts))
+        copy_into(self.core.weight, torch.cat(cores))
+        copy_into(self.last.weight, torch.cat(lasts))
+        if layer.bias is not None:
+            self.last.bias.copy_(layer.bias)
+
+    def reconstruct_weight(self) -> Tensor:
+        g = self.spec.groups
+        out = []
+        for a, c, b in zip(
+            self.first.weight.double().chunk(g), self.core.weight.double().chunk(g), self.last.weight.double().chunk(g)
+        ):
+            u_in = a.reshape(a.shape[0], a.shape[1])  # (R_in, C_in/g)
+            u_out = b.reshape(b.shape[0], b.shape[1])  # (C_out/g, R_out)
+            out.append(torch.einsum("or,rs...,sc->oc...", u_out, c, u_in))
+        return torch.cat(out)

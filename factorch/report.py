@@ -1,0 +1,149 @@
+"""The compression report: one row per layer (what was done, or why not) and whole-model totals."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+@dataclass
+class LayerReport:
+    name: str
+    type: str
+    method: str | None = None
+    ranks: tuple[int, ...] | None = None
+    params_before: int = 0
+    params_after: int = 0
+    macs_before: int = 0
+    macs_after: int = 0
+    rel_error: float | None = None
+    skipped: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["ranks"] = list(self.ranks) if self.ranks is not None else None
+        return d
+
+
+def _count(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n:.0f}"
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return a / b if b else None
+
+
+@dataclass
+class CompressionReport:
+    """Per-layer rows and totals of one :func:`factorch.compress` call.
+
+    ``totals`` holds ``params_before/after``, ``macs_before/after`` (whole model when example inputs
+    were given, otherwise the sum over the listed layers), ``params_ratio``, ``macs_ratio`` (after / before)
+    and the number of layers compressed and skipped; later stages may add ``latency_ratio`` or accuracy.
+    """
+
+    layers: list[LayerReport] = field(default_factory=list)
+    totals: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] | None = None
+
+    def finalize(self, whole_model: dict[str, int] | None = None) -> CompressionReport:
+        done = [r for r in self.layers if r.skipped is None]
+        if whole_model:
+            t = dict(whole_model)
+            t["scope"] = "model"
+        else:
+            t = {
+                "params_before": sum(r.params_before for r in self.layers),
+                "params_after": sum(r.params_after if r.skipped is None else r.params_before for r in self.layers),
+                "macs_before": sum(r.macs_before for r in self.layers),
+                "macs_after": sum(r.macs_after if r.skipped is None else r.macs_before for r in self.layers),
+                "scope": "listed layers",
+            }
+        t["params_ratio"] = _ratio(t["params_after"], t["params_before"])
+        t["macs_ratio"] = _ratio(t["macs_after"], t["macs_before"])
+        t["layers_compressed"] = len(done)
+        t["layers_skipped"] = len(self.layers) - len(done)
+        self.totals.update(t)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layers": [r.to_dict() for r in self.layers], "totals": dict(self.totals), "config": self.config}
+
+    def _rows(self) -> list[list[str]]:
+        rows = []
+        for r in self.layers:
+            if r.skipped is not None:
+                rows.append(
+                    [
+                        r.name,
+                        r.type,
+                        "-",
+                        "-",
+                        _count(r.params_before),
+                        "-",
+                        _count(r.macs_before),
+                        "-",
+                        "-",
+                        f"skipped: {r.skipped}",
+                    ]
+                )
+            else:
+                rows.append(
+                    [
+                        r.name,
+                        r.type,
+                        r.method or "",
+                        "x".join(map(str, r.ranks or ())),
+                        _count(r.params_before),
+                        _count(r.params_after),
+                        _count(r.macs_before),
+                        _count(r.macs_after),
+                        f"{r.rel_error:.3g}" if r.rel_error is not None else "",
+                        "",
+                    ]
+                )
+        return rows
+
+    HEADER = ["layer", "type", "method", "ranks", "params", "params after", "MACs", "MACs after", "rel. error", "note"]
+
+    def _total_line(self) -> list[str]:
+        t = self.totals
+        pr, mr = t.get("params_ratio"), t.get("macs_ratio")
+        return [
+            f"total ({t.get('scope', '')})",
+            "",
+            "",
+            "",
+            _count(t.get("params_before", 0)),
+            _count(t.get("params_after", 0)),
+            _count(t.get("macs_before", 0)),
+            _count(t.get("macs_after", 0)),
+            "",
+            f"params x{pr:.3f}, MACs x{mr:.3f}" if pr and mr else "",
+        ]
+
+    def to_markdown(self) -> str:
+        lines = ["| " + " | ".join(self.HEADER) + " |", "|" + "---|" * len(self.HEADER)]
+        for row in [*self._rows(), self._total_line()]:
+            lines.append("| " + " | ".join(c.replace("|", "/") for c in row) + " |")
+        lines.append("")
+        lines.append("MACs = multiply-accumulates; rel. error = ||W - W_approx|| / ||W|| of the layer weight.")
+        return "\n".join(lines) + "\n"
+
+    def to_rich(self) -> Table:
+        table = Table(title="factorch compression report", caption="MACs = multiply-accumulates")
+        for h in self.HEADER:
+            table.add_column(h, justify="right" if h.startswith(("params", "MACs", "rel")) else "left")
+        for row in self._rows():
+            table.add_row(*row, style="dim" if row[-1].startswith("skipped") else None)
+        table.add_row(*self._total_line(), style="bold")
+        return table
+
+    def print(self, console: Console | None = None) -> None:
+        (console or Console()).print(self.to_rich())
