@@ -6,9 +6,9 @@ MODEL ?= vgg
 setup:
 	@bash scripts/setup.sh
 
+# the main job on the built-in default: Tucker-2 at half rank on the pretrained vgg, with the before/after table
 demo: setup
-	.venv/bin/factorch profile $(MODEL) --pretrained
-	.venv/bin/factorch evaluate $(MODEL) --pretrained
+	.venv/bin/factorch compress $(MODEL) --pretrained --method tucker2 --rank 0.5 --fold-bn --out runs/demo-$(MODEL)
 
 test: setup
 	.venv/bin/python -m pytest

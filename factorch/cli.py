@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-console = Console()
+# a wide console when output is not a terminal (CI logs, pipes), so tables are not folded into slivers
+console = Console() if Console().is_terminal else Console(width=160)
 
 
 def _add_threads(p: argparse.ArgumentParser) -> None:

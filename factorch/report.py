@@ -139,7 +139,15 @@ class CompressionReport:
     def to_rich(self) -> Table:
         table = Table(title="factorch compression report", caption="MACs = multiply-accumulates")
         for h in self.HEADER:
-            table.add_column(h, justify="right" if h.startswith(("params", "MACs", "rel")) else "left")
+            if h == "note":
+                table.add_column(h, overflow="ellipsis", no_wrap=True, max_width=44)
+            else:
+                table.add_column(
+                    h,
+                    justify="right" if h.startswith(("params", "MACs", "rel")) else "left",
+                    no_wrap=True,
+                    min_width=len(h),
+                )
         for row in self._rows():
             table.add_row(*row, style="dim" if row[-1].startswith("skipped") else None)
         table.add_row(*self._total_line(), style="bold")

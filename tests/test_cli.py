@@ -59,3 +59,34 @@ def test_models_lists_registry(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert "resnet20" in out and "vgg" in out
+
+
+def test_profile_with_an_input_shape_the_model_cannot_take(capsys):
+    assert main(["profile", "resnet20", "--input-shape", "1,3,28,28"]) == 2
+    out = capsys.readouterr().out
+    assert "conv1" in out and "Conv2d" in out
+
+
+def test_profile_json(capsys):
+    assert main(["profile", "lenet5", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["totals"]["total_macs"] == 416_520
+
+
+def test_compress_writes_model_and_reports(fmnist_root, tmp_path, capsys):
+    out = tmp_path / "c"
+    rc = main(
+        ["compress", "lenet5", "--method", "svd", "--rank", "0.5", "--data-root", str(fmnist_root), "--out", str(out)]
+    )
+    assert rc == 0
+    assert {"plan.json", "weights.pt", "report.md", "report.json"} <= {p.name for p in out.iterdir()}
+    report = json.loads((out / "report.json").read_text())
+    assert report["totals"]["params_ratio"] < 1 and "accuracy_after" in report["totals"]
+    assert "test accuracy" in capsys.readouterr().out
+    # the saved folder is a MODEL for the other commands
+    assert main(["evaluate", str(out), "--data-root", str(fmnist_root), "--json"]) == 0
+
+
+def test_compress_unknown_rank_is_an_error(capsys):
+    assert main(["compress", "lenet5", "--method", "svd", "--rank", "lots", "--out", "/tmp/never", "--no-eval"]) == 2
+    assert "cannot read rank" in capsys.readouterr().out
