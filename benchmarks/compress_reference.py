@@ -176,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", default=["vgg", "resnet20"])
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the runs already in the JSON and skip those (model, config) pairs")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -190,6 +192,10 @@ def main(argv: list[str] | None = None) -> int:
         cp_time_limit_s=CP_TIME_LIMIT_S,
     )
     rows: list[dict] = []
+    out = RESULTS / "compress_reference.json"
+    if args.resume and out.exists():
+        rows = json.loads(out.read_text())["runs"]
+    done = {(r["model"], r["config_name"]) for r in rows}
     models, dense = {}, {}
     for model_name in args.models:
         models[model_name] = factorch.models.create_model(model_name, pretrained=True).eval()
@@ -199,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     # every cheap method on both models
     for key in args.configs:
         for model_name in args.models:
+            if (model_name, key) in done:
+                continue
             row = run_one(model_name, models[model_name], key, data, dense[model_name])
             rows.append(row)
             save(rows, META)

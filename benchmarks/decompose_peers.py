@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import signal
 import statistics
 import sys
 import time
@@ -48,15 +49,34 @@ KERNELS = [
 ]
 
 
+LIMIT_S = [120.0]  # per-call wall-clock limit, set from --limit-s
+
+
+class CallTimeout(Exception):
+    pass
+
+
+def _on_alarm(signum, frame):  # noqa: ARG001
+    raise CallTimeout
+
+
 def _timed(fn, repeats: int, slow_s: float):
-    """``(last result, median seconds, number of runs)``."""
+    """``(last result, median seconds, number of runs)``; raises ``CallTimeout`` past ``LIMIT_S``."""
     times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-        if times[-1] > slow_s:
-            break
+    old = signal.signal(signal.SIGALRM, _on_alarm)
+    try:
+        for _ in range(repeats):
+            signal.setitimer(signal.ITIMER_REAL, LIMIT_S[0])
+            t0 = time.perf_counter()
+            try:
+                out = fn()
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+            times.append(time.perf_counter() - t0)
+            if times[-1] > slow_s:
+                break
+    finally:
+        signal.signal(signal.SIGALRM, old)
     return out, statistics.median(times), len(times)
 
 
@@ -89,11 +109,16 @@ def cp_rows(w: torch.Tensor, rank: int, iters: int, repeats: int, slow_s: float)
     rows = []
     norm = float(w.double().norm())
     for stabilize in (True, False):
-        res, t, n = _timed(lambda: factorch.decompose.cp(w, rank, n_iter_max=iters, stabilize=stabilize),
-                           repeats, slow_s)
+        impl = f"factorch.decompose.cp (stabilize={stabilize})"
+        try:
+            res, t, n = _timed(lambda: factorch.decompose.cp(w, rank, n_iter_max=iters, stabilize=stabilize),
+                               repeats, slow_s)
+        except CallTimeout:
+            rows.append({"method": "cp", "impl": impl, "skipped": f"ran past {LIMIT_S[0]:g} s"})
+            continue
         w_hat = factorch.decompose.cp_reconstruct(res.weights, res.factors)
         term = float(factorch.decompose.cp_term_norms(res.weights, res.factors).max()) / norm
-        rows.append({"method": "cp", "impl": f"factorch.decompose.cp (stabilize={stabilize})", "rank": rank,
+        rows.append({"method": "cp", "impl": impl, "rank": rank,
                      "time_s": t, "runs": n, "rel_error": _rel(w, w_hat), "max_term_norm_rel": term})
 
     import tensorly as tl
@@ -101,7 +126,10 @@ def cp_rows(w: torch.Tensor, rank: int, iters: int, repeats: int, slow_s: float)
 
     x = w.double().numpy()
     with tl.backend_context("numpy"):
-        res, t, n = _timed(lambda: parafac(x, rank, n_iter_max=iters), repeats, slow_s)
+        try:
+            res, t, n = _timed(lambda: parafac(x, rank, n_iter_max=iters), repeats, slow_s)
+        except CallTimeout:
+            return [*rows, {"method": "cp", "impl": "tensorly parafac (numpy)", "skipped": f"ran past {LIMIT_S[0]:g} s"}]
         weights, factors = res
         w_hat = torch.from_numpy(np.asarray(tl.cp_to_tensor((weights, factors))))
     tw = torch.from_numpy(np.asarray(weights, dtype=np.float64))
@@ -185,7 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cp-iters", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-cp", action="store_true")
+    parser.add_argument("--limit-s", type=float, default=120.0, help="stop one decomposition call after this")
     args = parser.parse_args(argv)
+    LIMIT_S[0] = args.limit_s
     torch.set_num_threads(args.threads)
 
     import tensorly
@@ -198,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         tltorch_version = None
     meta = {"torch": torch.__version__, "factorch": factorch.__version__, "tensorly": tensorly.__version__,
             "tltorch": tltorch_version, "threads": args.threads, "platform": platform.platform(),
-            "repeats": args.repeats, "slow_s": args.slow_s, "cp_iters": args.cp_iters}
+            "repeats": args.repeats, "slow_s": args.slow_s, "cp_iters": args.cp_iters,
+            "limit_s": args.limit_s}
     models: dict[str, torch.nn.Module] = {}
     kernels: list[dict] = []
     for model_name, layer_name in KERNELS:
@@ -221,8 +252,13 @@ def main(argv: list[str] | None = None) -> int:
                  lambda: tltorch_rows(conv, ranks, args.repeats, args.slow_s)]
         if not args.skip_cp:
             steps.append(lambda: cp_rows(w, cp_rank, args.cp_iters, args.repeats, args.slow_s))
-        for step in steps:
-            for r in step():
+        for label, step in zip(("tucker2", "tltorch", "cp"), steps):
+            try:
+                new_rows = step()
+            except CallTimeout:
+                new_rows = [{"method": label, "impl": "(rest of this group)",
+                             "skipped": f"a call ran past --limit-s={args.limit_s:g} s"}]
+            for r in new_rows:
                 entry["rows"].append(r)
                 print("   ", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}, flush=True)
             save(kernels, meta)

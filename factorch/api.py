@@ -143,7 +143,8 @@ def compress(
             continue
         if isinstance(layer, nn.Linear) and shape is not None and len(shape) > 2:
             macs *= int(torch.tensor(shape[1:-1]).prod().item())
-        if not cfg.allow_larger and (params >= dense_params or macs >= dense_macs):
+        # a lookup (Embedding) has no MACs to shrink: judge it by its parameters
+        if not cfg.allow_larger and (params >= dense_params or (dense_macs > 0 and macs >= dense_macs)):
             row.skipped = (
                 f"{method} at ranks {ranks} would not be smaller (params {params} vs {dense_params}, "
                 f"MACs {macs} vs {dense_macs}); allow_larger=True keeps it anyway"

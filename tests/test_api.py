@@ -198,3 +198,29 @@ def test_config_json_round_trip():
         assert again == cfg or again.to_dict() == cfg.to_dict()
     plan = factorch.Plan({"a": factorch.CPConfig(rank=3, form="3"), "_default": None})
     assert factorch.Plan.from_dict(json.loads(json.dumps(plan.to_dict()))).to_dict() == plan.to_dict()
+
+
+class TextNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(120, 64)
+        self.proj = nn.Linear(64, 512)
+        self.out = nn.Linear(512, 5)
+
+    def forward(self, idx):
+        return self.out(torch.relu(self.proj(self.emb(idx)))).mean(1)
+
+
+def test_tt_compress_save_load_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = TextNet().eval()
+    idx = torch.randint(0, 120, (3, 7))
+    plan = factorch.Plan({"emb": factorch.TTConfig(rank=4, n_cores=2), "proj": factorch.TTConfig(rank=3)})
+    model2, report = factorch.compress(model, plan, example_inputs=idx)
+    rows = {r.name: r for r in report.layers}
+    assert rows["emb"].method == "tt" and rows["proj"].method == "tt"
+    assert rows["proj"].macs_after < rows["proj"].macs_before
+    factorch.save(model2, tmp_path)
+    loaded = factorch.load(tmp_path, base_model=TextNet())
+    with torch.no_grad():
+        assert torch.equal(model2(idx), loaded(idx))

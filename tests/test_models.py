@@ -93,3 +93,18 @@ def test_user_factory_spec():
         load_model("factorch.models.lenet:Nope")
     with pytest.raises(ValueError, match="cannot import module"):
         load_model("no_such_package_xyz:make")
+
+
+@pytest.mark.parametrize("name", ["resnet20", "vgg"])
+def test_shipped_weights_reproduce_the_model_card_on_real_data(name):
+    """Runs where Fashion-MNIST is installed (the set-up step installs it); skipped elsewhere."""
+    from factorch.data import DatasetNotFoundError, fashion_mnist
+    from factorch.train import evaluate
+
+    try:
+        test = fashion_mnist("test")
+    except DatasetNotFoundError:
+        pytest.skip("Fashion-MNIST is not installed")
+    result = evaluate(create_model(name, pretrained=True), test, show_progress=False)
+    assert abs(result["accuracy"] - model_card(name)["test_accuracy"]) <= 0.1
+    assert result["accuracy"] >= {"resnet20": 92.5, "vgg": 93.5}[name]
