@@ -176,8 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", default=["vgg", "resnet20"])
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--resume", action="store_true",
-                        help="keep the runs already in the JSON and skip those (model, config) pairs")
+    parser.add_argument(
+        "--resume", action="store_true", help="keep the runs already in the JSON and skip those (model, config) pairs"
+    )
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)

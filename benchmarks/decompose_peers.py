@@ -89,8 +89,16 @@ def tucker_rows(w: torch.Tensor, ranks: tuple[int, int], repeats: int, slow_s: f
     rows = []
     res, t, n = _timed(lambda: factorch.decompose.tucker2(w, ranks), repeats, slow_s)
     w_hat = factorch.decompose.tucker2_reconstruct(*res)
-    rows.append({"method": "tucker2", "impl": "factorch.decompose.tucker2", "rank": list(ranks),
-                 "time_s": t, "runs": n, "rel_error": _rel(w, w_hat)})
+    rows.append(
+        {
+            "method": "tucker2",
+            "impl": "factorch.decompose.tucker2",
+            "rank": list(ranks),
+            "time_s": t,
+            "runs": n,
+            "rel_error": _rel(w, w_hat),
+        }
+    )
 
     import tensorly as tl
     from tensorly.decomposition import partial_tucker
@@ -100,8 +108,16 @@ def tucker_rows(w: torch.Tensor, ranks: tuple[int, int], repeats: int, slow_s: f
         res, t, n = _timed(lambda: partial_tucker(x, rank=list(ranks), modes=[0, 1]), repeats, slow_s)
         (core, factors), _rec_errors = res  # tensorly >= 0.9 returns ((core, factors), rec_errors)
         w_hat = tl.tenalg.multi_mode_dot(core, factors, modes=[0, 1])
-    rows.append({"method": "tucker2", "impl": "tensorly partial_tucker (numpy)", "rank": list(ranks),
-                 "time_s": t, "runs": n, "rel_error": _rel(w, torch.from_numpy(np.asarray(w_hat)))})
+    rows.append(
+        {
+            "method": "tucker2",
+            "impl": "tensorly partial_tucker (numpy)",
+            "rank": list(ranks),
+            "time_s": t,
+            "runs": n,
+            "rel_error": _rel(w, torch.from_numpy(np.asarray(w_hat))),
+        }
+    )
     return rows
 
 
@@ -111,15 +127,25 @@ def cp_rows(w: torch.Tensor, rank: int, iters: int, repeats: int, slow_s: float)
     for stabilize in (True, False):
         impl = f"factorch.decompose.cp (stabilize={stabilize})"
         try:
-            res, t, n = _timed(lambda: factorch.decompose.cp(w, rank, n_iter_max=iters, stabilize=stabilize),
-                               repeats, slow_s)
+            res, t, n = _timed(
+                lambda: factorch.decompose.cp(w, rank, n_iter_max=iters, stabilize=stabilize), repeats, slow_s
+            )
         except CallTimeout:
             rows.append({"method": "cp", "impl": impl, "skipped": f"ran past {LIMIT_S[0]:g} s"})
             continue
         w_hat = factorch.decompose.cp_reconstruct(res.weights, res.factors)
         term = float(factorch.decompose.cp_term_norms(res.weights, res.factors).max()) / norm
-        rows.append({"method": "cp", "impl": impl, "rank": rank,
-                     "time_s": t, "runs": n, "rel_error": _rel(w, w_hat), "max_term_norm_rel": term})
+        rows.append(
+            {
+                "method": "cp",
+                "impl": impl,
+                "rank": rank,
+                "time_s": t,
+                "runs": n,
+                "rel_error": _rel(w, w_hat),
+                "max_term_norm_rel": term,
+            }
+        )
 
     import tensorly as tl
     from tensorly.decomposition import parafac
@@ -129,14 +155,26 @@ def cp_rows(w: torch.Tensor, rank: int, iters: int, repeats: int, slow_s: float)
         try:
             res, t, n = _timed(lambda: parafac(x, rank, n_iter_max=iters), repeats, slow_s)
         except CallTimeout:
-            return [*rows, {"method": "cp", "impl": "tensorly parafac (numpy)", "skipped": f"ran past {LIMIT_S[0]:g} s"}]
+            return [
+                *rows,
+                {"method": "cp", "impl": "tensorly parafac (numpy)", "skipped": f"ran past {LIMIT_S[0]:g} s"},
+            ]
         weights, factors = res
         w_hat = torch.from_numpy(np.asarray(tl.cp_to_tensor((weights, factors))))
     tw = torch.from_numpy(np.asarray(weights, dtype=np.float64))
     tf = [torch.from_numpy(np.asarray(f, dtype=np.float64)) for f in factors]
     term = float(factorch.decompose.cp_term_norms(tw, tf).max()) / norm
-    rows.append({"method": "cp", "impl": "tensorly parafac (numpy)", "rank": rank, "time_s": t, "runs": n,
-                 "rel_error": _rel(w, w_hat), "max_term_norm_rel": term})
+    rows.append(
+        {
+            "method": "cp",
+            "impl": "tensorly parafac (numpy)",
+            "rank": rank,
+            "time_s": t,
+            "runs": n,
+            "rel_error": _rel(w, w_hat),
+            "max_term_norm_rel": term,
+        }
+    )
     return rows
 
 
@@ -154,18 +192,30 @@ def tltorch_rows(conv: torch.nn.Conv2d, ranks: tuple[int, int], repeats: int, sl
     ]
     for label, kwargs in settings:
         try:
-            layer, t, n = _timed(lambda kwargs=kwargs: tltorch.FactorizedConv.from_conv(
-                conv, factorization="tucker", **kwargs), repeats, slow_s)
+            layer, t, n = _timed(
+                lambda kwargs=kwargs: tltorch.FactorizedConv.from_conv(conv, factorization="tucker", **kwargs),
+                repeats,
+                slow_s,
+            )
             with torch.no_grad():
                 w_hat = layer.weight.to_tensor().reshape(w.shape)
             core_rank = list(layer.weight.rank)
             params = sum(p.numel() for p in layer.parameters()) - (0 if conv.bias is None else conv.bias.numel())
-            rows.append({"method": "tucker (tltorch)", "impl": f"tltorch FactorizedConv.from_conv({label})",
-                         "rank": core_rank, "time_s": t, "runs": n, "rel_error": _rel(w, w_hat),
-                         "params": params})
+            rows.append(
+                {
+                    "method": "tucker (tltorch)",
+                    "impl": f"tltorch FactorizedConv.from_conv({label})",
+                    "rank": core_rank,
+                    "time_s": t,
+                    "runs": n,
+                    "rel_error": _rel(w, w_hat),
+                    "params": params,
+                }
+            )
         except Exception as err:  # a peer failing is a result, not a crash of the benchmark
-            rows.append({"method": "tucker (tltorch)", "impl": f"tltorch ({label})",
-                         "skipped": f"{type(err).__name__}: {err}"})
+            rows.append(
+                {"method": "tucker (tltorch)", "impl": f"tltorch ({label})", "skipped": f"{type(err).__name__}: {err}"}
+            )
     return rows
 
 
@@ -187,15 +237,31 @@ def to_markdown(kernels: list[dict], meta: dict) -> str:
     for k in kernels:
         for r in k["rows"]:
             if "skipped" in r:
-                cells = [k["kernel"], "x".join(map(str, k["shape"])), r["method"], r["impl"], "-", "-", "-", "-",
-                         f"skipped: {r['skipped']}"]
+                cells = [
+                    k["kernel"],
+                    "x".join(map(str, k["shape"])),
+                    r["method"],
+                    r["impl"],
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                    f"skipped: {r['skipped']}",
+                ]
             else:
                 rank = r["rank"] if isinstance(r["rank"], int) else "x".join(map(str, r["rank"]))
                 params = r.get("params", k["params"].get(r["method"]))
-                cells = [k["kernel"], "x".join(map(str, k["shape"])), r["method"], r["impl"], str(rank),
-                         f"{r['time_s']:.3f}" + ("" if r["runs"] > 1 else " (1 run)"), f"{r['rel_error']:.4f}",
-                         f"{r['max_term_norm_rel']:.3g}" if "max_term_norm_rel" in r else "-",
-                         str(params) if params is not None else "-"]
+                cells = [
+                    k["kernel"],
+                    "x".join(map(str, k["shape"])),
+                    r["method"],
+                    r["impl"],
+                    str(rank),
+                    f"{r['time_s']:.3f}" + ("" if r["runs"] > 1 else " (1 run)"),
+                    f"{r['rel_error']:.4f}",
+                    f"{r['max_term_norm_rel']:.3g}" if "max_term_norm_rel" in r else "-",
+                    str(params) if params is not None else "-",
+                ]
             lines.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -226,10 +292,18 @@ def main(argv: list[str] | None = None) -> int:
         tltorch_version = getattr(tltorch, "__version__", "installed")
     except ImportError:
         tltorch_version = None
-    meta = {"torch": torch.__version__, "factorch": factorch.__version__, "tensorly": tensorly.__version__,
-            "tltorch": tltorch_version, "threads": args.threads, "platform": platform.platform(),
-            "repeats": args.repeats, "slow_s": args.slow_s, "cp_iters": args.cp_iters,
-            "limit_s": args.limit_s}
+    meta = {
+        "torch": torch.__version__,
+        "factorch": factorch.__version__,
+        "tensorly": tensorly.__version__,
+        "tltorch": tltorch_version,
+        "threads": args.threads,
+        "platform": platform.platform(),
+        "repeats": args.repeats,
+        "slow_s": args.slow_s,
+        "cp_iters": args.cp_iters,
+        "limit_s": args.limit_s,
+    }
     models: dict[str, torch.nn.Module] = {}
     kernels: list[dict] = []
     for model_name, layer_name in KERNELS:
@@ -242,22 +316,38 @@ def main(argv: list[str] | None = None) -> int:
         tucker_params = c_out * ranks[0] + ranks[0] * ranks[1] * kh * kw + ranks[1] * c_in
         cp_rank = max(1, round(tucker_params / (c_out + c_in + kh + kw)))
         cp_rank = min(cp_rank, factorch.decompose.cp_max_rank(w.shape))
-        entry = {"kernel": f"{model_name} {layer_name}", "shape": list(w.shape), "dense_params": w.numel(),
-                 "tucker_ranks": list(ranks), "cp_rank": cp_rank,
-                 "params": {"tucker2": tucker_params, "cp": cp_rank * (c_out + c_in + kh + kw)}, "rows": []}
+        entry = {
+            "kernel": f"{model_name} {layer_name}",
+            "shape": list(w.shape),
+            "dense_params": w.numel(),
+            "tucker_ranks": list(ranks),
+            "cp_rank": cp_rank,
+            "params": {"tucker2": tucker_params, "cp": cp_rank * (c_out + c_in + kh + kw)},
+            "rows": [],
+        }
         kernels.append(entry)
-        print(f"{entry['kernel']} {tuple(w.shape)}: Tucker-2 {ranks} ({tucker_params} params), CP R={cp_rank} "
-              f"({entry['params']['cp']} params), dense {w.numel()}", flush=True)
-        steps = [lambda: tucker_rows(w, ranks, args.repeats, args.slow_s),
-                 lambda: tltorch_rows(conv, ranks, args.repeats, args.slow_s)]
+        print(
+            f"{entry['kernel']} {tuple(w.shape)}: Tucker-2 {ranks} ({tucker_params} params), CP R={cp_rank} "
+            f"({entry['params']['cp']} params), dense {w.numel()}",
+            flush=True,
+        )
+        steps = [
+            lambda: tucker_rows(w, ranks, args.repeats, args.slow_s),
+            lambda: tltorch_rows(conv, ranks, args.repeats, args.slow_s),
+        ]
         if not args.skip_cp:
             steps.append(lambda: cp_rows(w, cp_rank, args.cp_iters, args.repeats, args.slow_s))
         for label, step in zip(("tucker2", "tltorch", "cp"), steps):
             try:
                 new_rows = step()
             except CallTimeout:
-                new_rows = [{"method": label, "impl": "(rest of this group)",
-                             "skipped": f"a call ran past --limit-s={args.limit_s:g} s"}]
+                new_rows = [
+                    {
+                        "method": label,
+                        "impl": "(rest of this group)",
+                        "skipped": f"a call ran past --limit-s={args.limit_s:g} s",
+                    }
+                ]
             for r in new_rows:
                 entry["rows"].append(r)
                 print("   ", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}, flush=True)
