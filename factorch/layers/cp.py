@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from factorch.decompose import cp, cp_max_rank
+from factorch.decompose import cp, cp_balance, cp_max_rank
 from factorch.decompose._common import unfold
 from factorch.layers._spec import ConvSpec
 from factorch.layers.base import (
@@ -20,18 +20,6 @@ from factorch.layers.base import (
 )
 
 FORMS = ("4", "3")
-
-
-def _balanced(weights: Tensor, factors: list[Tensor]) -> list[Tensor]:
-    """Give every factor's column r the same norm ``|weights[r] * prod norms|^(1/n)`` (sign on the first)."""
-    norms = [f.norm(dim=0).clamp_min(1e-300) for f in factors]
-    scale = weights.double()
-    for n in norms:
-        scale = scale * n
-    share = scale.abs() ** (1.0 / len(factors))
-    out = [f / n * share for f, n in zip(factors, norms)]
-    out[0] = out[0] * torch.sign(scale).where(scale != 0, torch.ones_like(scale))
-    return out
 
 
 class CPConv(FactorizedLayer):
@@ -122,7 +110,7 @@ class CPConv(FactorizedLayer):
         for w in group_kernels(layer.weight, self.spec.groups):
             tensor = w if form == "4" else w.reshape(w.shape[0], w.shape[1], -1)
             result = cp(tensor, self.ranks[0], **opts)
-            group_factors.append(_balanced(result.weights, list(result.factors)))
+            group_factors.append(list(cp_balance(result.weights, result.factors)))
         self.set_cp_factors(group_factors)
         if layer.bias is not None:
             self.last.bias.copy_(layer.bias)

@@ -54,11 +54,33 @@ def _tt_problem_spectra(weight: Tensor, row_dims, col_dims):
 
 
 class _TTMixin:
+    """What TT layers share: the dimension factorisations (rows = ``dim_names[0]``, columns = ``dim_names[1]``
+    of the spec), the rank problem and rank resolution."""
+
     rank_names = ("tt_ranks",)
+    spec_type: type = LinearSpec
+    dim_names: tuple[str, str] = ("out_features", "in_features")
+
+    @classmethod
+    def check(cls, spec, options) -> None:
+        if not isinstance(spec, cls.spec_type):
+            raise NotFactorizable(f"{cls.__name__} factorizes nn.{cls.spec_type.__name__.removesuffix('Spec')} layers")
+        cls._geometry(spec, options)
 
     @classmethod
     def _geometry(cls, spec, options) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        raise NotImplementedError
+        n_cores = int(options.get("n_cores", 3))
+        if n_cores < 2:
+            raise ValueError(f"n_cores must be >= 2, got {n_cores}")
+        rows = _dims(getattr(spec, cls.dim_names[0]), options.get("row_dims"), n_cores, "row_dims")
+        cols = _dims(getattr(spec, cls.dim_names[1]), options.get("col_dims"), len(rows), "col_dims")
+        if len(rows) != len(cols):
+            raise ValueError(f"row_dims {rows} and col_dims {cols} must have the same length")
+        return rows, cols
+
+    @classmethod
+    def spectra(cls, layer, spec, options):
+        return _tt_problem_spectra(layer.weight, *cls._geometry(spec, options))
 
     @classmethod
     def max_ranks(cls, spec, options):
@@ -95,26 +117,8 @@ class TTLinear(_TTMixin, FactorizedLayer):
 
     method = "tt"
 
-    @classmethod
-    def check(cls, spec, options) -> None:
-        if not isinstance(spec, LinearSpec):
-            raise NotFactorizable("TTLinear factorizes nn.Linear layers")
-        cls._geometry(spec, options)
-
-    @classmethod
-    def _geometry(cls, spec: LinearSpec, options):
-        n_cores = int(options.get("n_cores", 3))
-        if n_cores < 2:
-            raise ValueError(f"n_cores must be >= 2, got {n_cores}")
-        rows = _dims(spec.out_features, options.get("row_dims"), n_cores, "row_dims")
-        cols = _dims(spec.in_features, options.get("col_dims"), len(rows), "col_dims")
-        if len(rows) != len(cols):
-            raise ValueError(f"row_dims {rows} and col_dims {cols} must have the same length")
-        return rows, cols
-
-    @classmethod
-    def spectra(cls, layer, spec, options):
-        return _tt_problem_spectra(layer.weight, *cls._geometry(spec, options))
+    spec_type = LinearSpec
+    dim_names = ("out_features", "in_features")
 
     @classmethod
     def build(cls, spec: LinearSpec, ranks, device=None, **options) -> TTLinear:
@@ -173,26 +177,8 @@ class TTEmbedding(_TTMixin, FactorizedLayer):
 
     method = "tt"
 
-    @classmethod
-    def check(cls, spec, options) -> None:
-        if not isinstance(spec, EmbeddingSpec):
-            raise NotFactorizable("TTEmbedding factorizes nn.Embedding layers")
-        cls._geometry(spec, options)
-
-    @classmethod
-    def _geometry(cls, spec: EmbeddingSpec, options):
-        n_cores = int(options.get("n_cores", 3))
-        if n_cores < 2:
-            raise ValueError(f"n_cores must be >= 2, got {n_cores}")
-        rows = _dims(spec.num_embeddings, options.get("row_dims"), n_cores, "row_dims")
-        cols = _dims(spec.embedding_dim, options.get("col_dims"), len(rows), "col_dims")
-        if len(rows) != len(cols):
-            raise ValueError(f"row_dims {rows} and col_dims {cols} must have the same length")
-        return rows, cols
-
-    @classmethod
-    def spectra(cls, layer, spec, options):
-        return _tt_problem_spectra(layer.weight, *cls._geometry(spec, options))
+    spec_type = EmbeddingSpec
+    dim_names = ("num_embeddings", "embedding_dim")
 
     @classmethod
     def build(cls, spec: EmbeddingSpec, ranks, device=None, **options) -> TTEmbedding:
