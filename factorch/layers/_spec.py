@@ -14,8 +14,25 @@ def _tuple(value, dim: int) -> tuple[int, ...]:
     return tuple(value) if isinstance(value, (tuple, list)) else (int(value),) * dim
 
 
+class _JsonSpec:
+    """JSON round trip and the torch dtype, shared by every spec."""
+
+    dtype: str
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return getattr(torch, self.dtype)
+
+
 @dataclass(frozen=True)
-class ConvSpec:
+class ConvSpec(_JsonSpec):
     """Every attribute of an ``nn.Conv1d``/``nn.Conv2d`` needed to rebuild it or a factorized stand-in."""
 
     dim: int
@@ -58,13 +75,6 @@ class ConvSpec:
         if not isinstance(d["padding"], str):
             d["padding"] = tuple(d["padding"])
         return cls(**d)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        return getattr(torch, self.dtype)
 
     @property
     def in_per_group(self) -> int:
@@ -160,7 +170,7 @@ class ConvSpec:
 
 
 @dataclass(frozen=True)
-class LinearSpec:
+class LinearSpec(_JsonSpec):
     in_features: int
     out_features: int
     bias: bool
@@ -177,23 +187,12 @@ class LinearSpec:
             str(linear.weight.dtype).removeprefix("torch."),
         )
 
-    @classmethod
-    def from_dict(cls, d: dict) -> LinearSpec:
-        return cls(**d)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        return getattr(torch, self.dtype)
-
     def dense(self, device=None) -> nn.Linear:
         return nn.Linear(self.in_features, self.out_features, self.bias, device=device, dtype=self.torch_dtype)
 
 
 @dataclass(frozen=True)
-class EmbeddingSpec:
+class EmbeddingSpec(_JsonSpec):
     num_embeddings: int
     embedding_dim: int
     padding_idx: int | None = None
@@ -206,17 +205,6 @@ class EmbeddingSpec:
         if emb.max_norm is not None or emb.sparse:
             raise TypeError("nn.Embedding with max_norm or sparse=True cannot be factorized")
         return cls(emb.num_embeddings, emb.embedding_dim, emb.padding_idx, str(emb.weight.dtype).removeprefix("torch."))
-
-    @classmethod
-    def from_dict(cls, d: dict) -> EmbeddingSpec:
-        return cls(**d)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        return getattr(torch, self.dtype)
 
     def dense(self, device=None) -> nn.Embedding:
         return nn.Embedding(

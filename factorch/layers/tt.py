@@ -39,11 +39,16 @@ class TTCores(nn.Module):
         return [getattr(self, f"core{k}") for k in range(self.d)]
 
 
+def _padded(weight: Tensor, row_dims, col_dims) -> Tensor:
+    """The weight in float64, zero-padded to ``prod(row_dims) x prod(col_dims)``."""
+    w = torch.zeros(math.prod(row_dims), math.prod(col_dims), dtype=torch.float64)
+    w[: weight.shape[0], : weight.shape[1]] = weight.detach().double()
+    return w
+
+
 def _tt_problem_spectra(weight: Tensor, row_dims, col_dims):
     """Singular values of the TT unfoldings of the (zero-padded) weight, one per bond."""
-    m, n = math.prod(row_dims), math.prod(col_dims)
-    w = torch.zeros(m, n, dtype=torch.float64)
-    w[: weight.shape[0], : weight.shape[1]] = weight.detach().double()
+    w = _padded(weight, row_dims, col_dims)
     d = len(row_dims)
     t = w.reshape(*row_dims, *col_dims)
     t = t.permute(*[i for k in range(d) for i in (k, d + k)]).reshape([row_dims[k] * col_dims[k] for k in range(d)])
@@ -102,6 +107,12 @@ class _TTMixin:
 
         return spec_of(layer)
 
+    def _set_cores(self, weight: Tensor) -> None:
+        """TT-SVD of the (zero-padded) dense weight into this layer's cores."""
+        w = _padded(weight, self.row_dims, self.col_dims)
+        for p, c in zip(self.cores.cores(), tt_matrix(w, self.row_dims, self.col_dims, list(self.ranks)).cores):
+            p.copy_(c.to(p.dtype))
+
     def tt_cores(self) -> list[Tensor]:
         return self.cores.cores()
 
@@ -149,12 +160,7 @@ class TTLinear(_TTMixin, FactorizedLayer):
         return out + self.bias if self.bias is not None else out
 
     def _set_factors(self, layer: nn.Linear) -> None:
-        rows, cols = self.row_dims, self.col_dims
-        w = torch.zeros(math.prod(rows), math.prod(cols), dtype=torch.float64)
-        w[: layer.weight.shape[0], : layer.weight.shape[1]] = layer.weight.detach().double()
-        cores = tt_matrix(w, rows, cols, list(self.ranks)).cores
-        for p, c in zip(self.cores.cores(), cores):
-            p.copy_(c.to(p.dtype))
+        self._set_cores(layer.weight)
         if layer.bias is not None:
             self.bias.copy_(layer.bias)
 
@@ -208,12 +214,7 @@ class TTEmbedding(_TTMixin, FactorizedLayer):
         return out.reshape(*index.shape, self.spec.embedding_dim)
 
     def _set_factors(self, layer: nn.Embedding) -> None:
-        rows, cols = self.row_dims, self.col_dims
-        w = torch.zeros(math.prod(rows), math.prod(cols), dtype=torch.float64)
-        w[: layer.weight.shape[0], : layer.weight.shape[1]] = layer.weight.detach().double()
-        cores = tt_matrix(w, rows, cols, list(self.ranks)).cores
-        for p, c in zip(self.cores.cores(), cores):
-            p.copy_(c.to(p.dtype))
+        self._set_cores(layer.weight)
 
     def reconstruct_weight(self) -> Tensor:
         dense = tt_matrix_to_dense([c.double() for c in self.cores.cores()])
