@@ -7,6 +7,7 @@ from factorch import models as models
 from factorch import rank as rank
 from factorch.api import compress as compress
 from factorch.api import compress_ as compress_
+from factorch.auto import AutoConfig as AutoConfig
 from factorch.config import CPConfig as CPConfig
 from factorch.config import MethodConfig as MethodConfig
 from factorch.config import Plan as Plan
@@ -32,6 +33,7 @@ from factorch.report import CompressionReport as CompressionReport
 __version__ = "0.1.0"
 
 __all__ = [
+    "AutoConfig",
     "CPConfig",
     "CompressionReport",
     "EnergyRank",

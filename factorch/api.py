@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from factorch.auto.config import AutoConfig
 from factorch.config import MethodConfig, Plan
 from factorch.layers import FactorizedLayer, NotFactorizable, layer_class
 from factorch.layers._spec import spec_of
-from factorch.layers.base import count_params
+from factorch.layers.base import count_params, layer_geometry
 from factorch.report import CompressionReport, LayerReport
 from factorch.surgery import candidate_layers, conv_bn_pairs, fold_batchnorms, get_module, replace_module, trace_layers
 
@@ -36,7 +37,7 @@ def _as_plan(config: MethodConfig | Plan) -> Plan:
         return Plan({"_default": config})
     raise TypeError(
         f"config must be a method config (SVDConfig, SpatialSVDConfig, Tucker2Config, CPConfig, "
-        f"TTConfig) or a Plan, got {type(config).__name__}"
+        f"TTConfig), a Plan or an AutoConfig, got {type(config).__name__}"
     )
 
 
@@ -56,21 +57,29 @@ def _weight_error(dense: nn.Module, layer: FactorizedLayer) -> float:
 
 def compress(
     model: nn.Module,
-    config: MethodConfig | Plan,
+    config: MethodConfig | Plan | AutoConfig,
     *,
     example_inputs: Tensor | tuple | None = None,
     inplace: bool = False,
     keep_edges: bool = True,
+    calib_data: Any = None,
+    eval_fn: Callable[[nn.Module], float] | None = None,
 ) -> tuple[nn.Module, CompressionReport]:
     """Factorize the layers of ``model``.
 
     Args:
         model: the network (left untouched unless ``inplace=True``).
-        config: one method config for every layer, or a :class:`Plan` of per-layer configs.
+        config: one method config for every layer, a :class:`Plan` of per-layer configs, or an
+            :class:`~factorch.AutoConfig` (a whole-network target; methods and ranks are chosen per layer).
         example_inputs: inputs of one forward pass; used for the execution order, each layer's input size
             (MACs-based ranks) and whole-model totals. Without them, MACs assume 32x32 inputs.
         inplace: modify ``model`` itself.
-        keep_edges: leave the first conv and the final classifier dense unless a Plan names them exactly.
+        keep_edges: leave the first conv and the final classifier dense unless a Plan names them exactly
+            (for an AutoConfig, its own ``keep_edges`` decides).
+        calib_data: AutoConfig only: calibration inputs (a tensor, or a DataLoader yielding ``(inputs,
+            targets)`` or inputs) on which candidate layers are scored.
+        eval_fn: AutoConfig only: ``eval_fn(model) -> score`` (higher is better, e.g. accuracy in %), used to
+            score candidates (objective ``"accuracy"``), to check ``max_accuracy_drop`` and to report the drop.
 
     Returns:
         ``(compressed model, report)``.
@@ -80,6 +89,14 @@ def compress(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(config, AutoConfig):
+        from factorch.auto.search import auto_compress
+
+        return auto_compress(
+            model, config, inputs=_as_inputs(example_inputs), calib_data=calib_data, eval_fn=eval_fn, inplace=inplace
+        )
+    if calib_data is not None or eval_fn is not None:
+        raise ValueError("calib_data and eval_fn are used by AutoConfig only; this config does not take them")
     plan = _as_plan(config)
     inputs = _as_inputs(example_inputs)
     names_in_model = {n for n, _ in model.named_modules() if n}
@@ -115,10 +132,9 @@ def compress(
         cfg, key = plan.resolve(name)
         row = LayerReport(name=name, type=type(layer).__name__)
         shape = shapes.get(name)
-        input_size = tuple(shape[2:]) if shape is not None and isinstance(layer, (nn.Conv1d, nn.Conv2d)) else None
+        input_size, per_position = layer_geometry(layer, shape)
         dense_params, dense_macs = FactorizedLayer.dense_cost(layer, input_size)
-        if isinstance(layer, nn.Linear) and shape is not None:
-            dense_macs *= max(1, int(torch.tensor(shape[1:-1]).prod().item()) if len(shape) > 2 else 1)
+        dense_macs *= per_position
         row.params_before, row.macs_before = dense_params, dense_macs
         report.layers.append(row)
         if cfg is None:
@@ -141,8 +157,7 @@ def compress(
                 raise ValueError(f"layer {name!r} ({type(layer).__name__}): {err}") from err
             row.skipped = str(err)  # a model-wide rank that this particular layer cannot take
             continue
-        if isinstance(layer, nn.Linear) and shape is not None and len(shape) > 2:
-            macs *= int(torch.tensor(shape[1:-1]).prod().item())
+        macs *= per_position
         # a lookup (Embedding) has no MACs to shrink: judge it by its parameters
         if not cfg.allow_larger and (params >= dense_params or (dense_macs > 0 and macs >= dense_macs)):
             row.skipped = (
@@ -174,7 +189,7 @@ def compress(
     return work, report
 
 
-def compress_(model: nn.Module, config: MethodConfig | Plan, **kwargs) -> CompressionReport:
+def compress_(model: nn.Module, config: MethodConfig | Plan | AutoConfig, **kwargs) -> CompressionReport:
     """In-place :func:`compress`; returns the report."""
     _, report = compress(model, config, inplace=True, **kwargs)
     return report

@@ -20,6 +20,37 @@ def _add_threads(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's own)")
 
 
+def _add_auto_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--methods", default="tucker2,cp,svd,spatial-svd", help="methods the target search may use")
+    p.add_argument("--batch-size", type=int, default=64, help="batch size of latency measurements and targets")
+    p.add_argument("--round-to", type=int, default=1, help="ranks are multiples of this")
+    p.add_argument("--runtime", default="torch", choices=["torch", "onnxruntime"], help="runtime timed for latency")
+    p.add_argument("--calib", type=int, default=256, help="training images used to score candidate layers")
+
+
+def _auto_config(args: argparse.Namespace, target: str):
+    from factorch.auto import AutoConfig
+
+    return AutoConfig(
+        target,
+        methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
+        batch_size=args.batch_size,
+        round_to=args.round_to,
+        runtime=args.runtime,
+        calib_samples=args.calib,
+        fold_bn=getattr(args, "fold_bn", False),
+        threads=getattr(args, "threads", None),
+    )
+
+
+def _calibration(args: argparse.Namespace, n: int):
+    from factorch.data import calibration_subset, fashion_mnist
+
+    return torch.utils.data.DataLoader(
+        calibration_subset(fashion_mnist("train", args.data_root, augment=False), n), batch_size=128
+    )
+
+
 def _parse_shape(text: str) -> tuple[int, ...]:
     try:
         shape = tuple(int(t) for t in text.replace("x", ",").split(",") if t.strip())
@@ -65,7 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compress", help="factorize a model's layers and report before/after")
     p.add_argument("model", help="registry name, saved folder, checkpoint, or package.module:factory")
     p.add_argument("--pretrained", action="store_true", help="start from the shipped Fashion-MNIST weights")
-    p.add_argument("--method", required=True, choices=["tucker2", "cp", "svd", "spatial-svd", "tt"])
+    p.add_argument("--method", choices=["tucker2", "cp", "svd", "spatial-svd", "tt"], help="one method for all layers")
+    p.add_argument(
+        "--target",
+        default=None,
+        help="instead of --method/--rank: a whole-model goal macs=F | params=F | latency=F (keep fraction F); "
+        "methods and ranks are chosen per layer",
+    )
+    _add_auto_options(p)
     p.add_argument(
         "--rank",
         default="vbmf",
@@ -78,6 +116,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for the compressed model, report.md and report.json")
     p.add_argument("--no-eval", action="store_true", help="skip the test-accuracy evaluation")
     p.add_argument("--data-root", default=None)
+    _add_threads(p)
+
+    p = sub.add_parser("sweep", help="AutoConfig at several targets: accuracy vs MACs and measured latency")
+    p.add_argument("model", help="registry name, saved folder, checkpoint, or package.module:factory")
+    p.add_argument("--pretrained", action="store_true", help="start from the shipped Fashion-MNIST weights")
+    p.add_argument("--targets", default="0.5,0.33,0.25,0.2", help="comma-separated fractions to keep")
+    p.add_argument("--kind", default="macs", choices=["macs", "params", "latency"], help="what the fractions bound")
+    p.add_argument("--baseline", default="tucker2", help="method of the uniform-ratio baseline ('none' to skip)")
+    _add_auto_options(p)
+    p.add_argument("--input-shape", type=_parse_shape, default=(1, 1, 28, 28))
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--out", required=True, help="folder for sweep.json, sweep.md and the PNG plots")
     _add_threads(p)
 
     p = sub.add_parser("models", help="list the reference models")
@@ -210,9 +260,16 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
     model = load_model(args.model, pretrained=args.pretrained)
     x = torch.randn(*args.input_shape)
-    config = _method_config(args)
+    if (args.method is None) == (args.target is None):
+        raise ValueError("give exactly one of --method (with --rank) and --target (e.g. --target macs=0.33)")
     t0 = time.perf_counter()
-    compressed, report = factorch.compress(model, config, example_inputs=x)
+    if args.target is not None:
+        config = _auto_config(args, args.target)
+        compressed, report = factorch.compress(
+            model, config, example_inputs=x, calib_data=_calibration(args, config.calib_samples)
+        )
+    else:
+        compressed, report = factorch.compress(model, _method_config(args), example_inputs=x)
     report.totals["compress_time_s"] = round(time.perf_counter() - t0, 2)
     if not args.no_eval:
         from factorch.data import fashion_mnist
@@ -232,10 +289,46 @@ def cmd_compress(args: argparse.Namespace) -> int:
         f"params {t['params_before']:,} -> {t['params_after']:,} (x{t['params_ratio']:.3f}), "
         f"MACs {t['macs_before']:,} -> {t['macs_after']:,} (x{t['macs_ratio']:.3f})"
     )
+    if t.get("latency_ratio") is not None:
+        line += (
+            f", measured time x{t['latency_ratio']:.3f} at batch {t['latency_batch_size']}"
+            f" (x{t['latency_ratio_b1']:.3f} at batch 1)"
+        )
     if "accuracy_after" in t:
         line += f", test accuracy {t['accuracy_before']:.2f} % -> {t['accuracy_after']:.2f} %"
     console.print(f"[bold]{line}[/]")
+    for warning in t.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {warning}")
     console.print(f"saved to {out} (plan.json, weights.pt, report.md, report.json)")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from factorch.auto.sweep import run_sweep
+    from factorch.models._resolve import load_model
+
+    model = load_model(args.model, pretrained=args.pretrained)
+    try:
+        fractions = [float(t) for t in args.targets.split(",") if t.strip()]
+    except ValueError:
+        raise ValueError(f"--targets must be comma-separated numbers, got {args.targets!r}") from None
+    configs = [_auto_config(args, f"{args.kind}={f:g}") for f in fractions]
+    from factorch.data import fashion_mnist
+    from factorch.train import evaluate
+
+    test = fashion_mnist("test", args.data_root)
+    result = run_sweep(
+        model,
+        configs,
+        example_inputs=torch.randn(*args.input_shape),
+        calib_data=_calibration(args, configs[0].calib_samples if configs else 256),
+        eval_fn=lambda m: evaluate(m, test, show_progress=False)["accuracy"],
+        baseline=None if args.baseline == "none" else args.baseline,
+        out=Path(args.out),
+        title=args.model,
+    )
+    console.print(result.to_markdown())
+    console.print(f"written to {args.out} (sweep.json, sweep.md, sweep_macs.png, sweep_latency.png)")
     return 0
 
 
@@ -252,6 +345,7 @@ COMMANDS = {
     "evaluate": cmd_evaluate,
     "profile": cmd_profile,
     "compress": cmd_compress,
+    "sweep": cmd_sweep,
     "models": cmd_models,
 }
 

@@ -21,6 +21,9 @@ class LayerReport:
     macs_after: int = 0
     rel_error: float | None = None
     skipped: str | None = None
+    damage: float | None = None  # AutoConfig: the scored damage of this layer's choice
+    latency_ratio: float | None = None  # measured after / before at the report's batch size
+    latency_ratio_b1: float | None = None  # the same at batch 1
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -105,10 +108,17 @@ class CompressionReport:
                         _count(r.macs_before),
                         _count(r.macs_after),
                         f"{r.rel_error:.3g}" if r.rel_error is not None else "",
-                        "",
+                        self._measured_note(r),
                     ]
                 )
         return rows
+
+    def _measured_note(self, r: LayerReport) -> str:
+        if r.latency_ratio is None:
+            return ""
+        batch = self.totals.get("latency_batch_size", "N")
+        macs = r.macs_after / r.macs_before if r.macs_before else float("nan")
+        return f"time x{r.latency_ratio:.2f} (b{batch}), x{r.latency_ratio_b1:.2f} (b1); MACs x{macs:.2f}"
 
     HEADER = ["layer", "type", "method", "ranks", "params", "params after", "MACs", "MACs after", "rel. error", "note"]
 
@@ -125,8 +135,14 @@ class CompressionReport:
             _count(t.get("macs_before", 0)),
             _count(t.get("macs_after", 0)),
             "",
-            f"params x{pr:.3f}, MACs x{mr:.3f}" if pr and mr else "",
+            (f"params x{pr:.3f}, MACs x{mr:.3f}" if pr and mr else "") + self._latency_total(),
         ]
+
+    def _latency_total(self) -> str:
+        t = self.totals
+        if t.get("latency_ratio") is None:
+            return ""
+        return f", time x{t['latency_ratio']:.3f} (b{t.get('latency_batch_size')}), x{t['latency_ratio_b1']:.3f} (b1)"
 
     def to_markdown(self) -> str:
         lines = ["| " + " | ".join(self.HEADER) + " |", "|" + "---|" * len(self.HEADER)]
@@ -140,7 +156,7 @@ class CompressionReport:
         table = Table(title="factorch compression report", caption="MACs = multiply-accumulates")
         for h in self.HEADER:
             if h == "note":
-                table.add_column(h, overflow="ellipsis", no_wrap=True, max_width=44)
+                table.add_column(h, overflow="ellipsis", no_wrap=True, max_width=60)
             else:
                 table.add_column(
                     h,

@@ -3,6 +3,7 @@ layer it replaces, so that it can be rebuilt without decomposing (for loading) a
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from typing import ClassVar
 
@@ -36,6 +37,21 @@ def meta_macs(
     with FlopCounterMode(display=False) as counter:
         module(x)
     return counter.get_total_flops() // 2
+
+
+def layer_geometry(layer: nn.Module, input_shape: tuple[int, ...] | None) -> tuple[tuple[int, ...] | None, int]:
+    """``(spatial input size, MACs multiplier)`` of ``layer`` for a traced batch-1 ``input_shape``.
+
+    Convolutions take the spatial size; a Linear applied to ``(N, ..., in)`` inputs is charged once per
+    position of the middle dimensions (the multiplier). Unknown shapes give ``(None, 1)``.
+    """
+    if input_shape is None:
+        return None, 1
+    if isinstance(layer, (nn.Conv1d, nn.Conv2d)):
+        return tuple(input_shape[2:]), 1
+    if isinstance(layer, nn.Linear) and len(input_shape) > 2:
+        return None, max(1, math.prod(input_shape[1:-1]))
+    return None, 1
 
 
 def default_input_shape(spec: Spec, input_size: tuple[int, ...] | None) -> tuple[int, ...]:

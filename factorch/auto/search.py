@@ -1,0 +1,558 @@
+"""The whole-network search behind ``AutoConfig``: candidates, damage scores, knapsack, build, measure."""
+
+from __future__ import annotations
+
+import copy
+import math
+import platform
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from factorch.auto.config import AutoConfig, Target
+from factorch.auto.sensitivity import (
+    SENSITIVITY_VERSION,
+    TableCache,
+    calibration_inputs,
+    damage_function,
+    default_cache_dir,
+    fingerprint,
+)
+from factorch.auto.timing import time_pair
+from factorch.config import Plan, config_for_method
+from factorch.layers import FactorizedLayer, NotFactorizable, layer_class
+from factorch.layers._spec import spec_of
+from factorch.layers.base import layer_geometry
+from factorch.progress import progress_bar
+from factorch.rank import MACRatioRank, ParamRatioRank
+from factorch.rank.knapsack import solve_mckp
+from factorch.report import CompressionReport
+from factorch.surgery import candidate_layers, conv_bn_pairs, fold_batchnorms, get_module, trace_layers
+
+# Scoring many candidate ranks needs a cheaper CP fit than the final one (which uses CPConfig's defaults:
+# 200 ALS sweeps and the stabilising correction); a short ALS run ranks candidates by damage just as well.
+PROBE_OPTIONS: dict[str, dict[str, Any]] = {"cp": {"n_iter_max": 25, "stabilize": False}}
+_INTERPOLATED_MAX = 7  # ranks added between two scored neighbours
+
+
+@dataclass
+class Candidate:
+    method: str
+    ranks: tuple[int, ...]
+    params: int
+    macs: int
+    damage: float = math.nan  # the score used by the solver (non-increasing in rank per method)
+    raw_damage: float = math.nan  # the score as measured
+    measured: bool = True  # False: damage interpolated between two scored neighbours
+    latency_s: float | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.method}|{'x'.join(map(str, self.ranks))}"
+
+
+@dataclass
+class LayerChoices:
+    name: str
+    layer: nn.Module
+    input_shape: tuple[int, ...]
+    input_size: tuple[int, ...] | None
+    per_position: int
+    dense_params: int
+    dense_macs: int
+    candidates: list[Candidate] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+    dense_latency_s: float | None = None
+
+
+def _round_ranks(ranks: tuple[int, ...], max_ranks: tuple[int, ...], step: int) -> tuple[int, ...]:
+    if step == 1:
+        return ranks
+    return tuple(
+        m if m <= step else max(step, min((r // step) * step, (m // step) * step)) for r, m in zip(ranks, max_ranks)
+    )
+
+
+def _cost(kind: str, c: Candidate) -> float:
+    return float(c.latency_s if kind == "latency" else c.params if kind == "params" else c.macs)
+
+
+def _dense_cost(kind: str, lc: LayerChoices) -> float:
+    return float(lc.dense_latency_s if kind == "latency" else lc.dense_params if kind == "params" else lc.dense_macs)
+
+
+class AutoSearch:
+    """One analysis of a model under an :class:`AutoConfig`; :meth:`solve` may then be called per target."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: AutoConfig,
+        inputs: tuple[Tensor, ...],
+        calib: Tensor | None,
+        eval_fn: Callable[[nn.Module], float] | None,
+    ) -> None:
+        self.cfg, self.inputs, self.calib, self.eval_fn = cfg, inputs, calib, eval_fn
+        self.kind = cfg.parsed_target.kind
+        self.model = copy.deepcopy(model).eval()
+        if cfg.fold_bn:
+            fold_batchnorms(self.model, conv_bn_pairs(self.model))
+        from factorch.profiling import profile
+
+        dense = profile(model, inputs)
+        self.totals_before = {"params": dense.total_params, "macs": dense.total_macs}
+        folded = profile(self.model, inputs)
+        self.totals_work = {"params": folded.total_params, "macs": folded.total_macs}
+        self.layers: list[LayerChoices] = []
+        self.skipped: dict[str, str] = {}
+        self.stats: dict[str, Any] = {}
+        self._problems: dict[tuple[str, str], tuple[Any, dict[str, Any]]] = {}
+        self._enumerate()
+
+    # -- candidates -------------------------------------------------------------------------------------
+    def _enumerate(self) -> None:
+        cfg = self.cfg
+        shapes = trace_layers(self.model, self.inputs)
+        layers = [(n, m) for n, m in candidate_layers(self.model) if n in shapes]
+        layers.sort(key=lambda item: list(shapes).index(item[0]))
+        edges = set()
+        if cfg.keep_edges:
+            convs = [n for n, m in layers if isinstance(m, (nn.Conv1d, nn.Conv2d))]
+            linears = [n for n, m in layers if isinstance(m, nn.Linear)]
+            edges = set(convs[:1] + linears[-1:])
+        selector = ParamRatioRank if self.kind == "params" else MACRatioRank
+        for name, layer in layers:
+            if name in edges:
+                self.skipped[name] = (
+                    "first conv / final classifier kept dense (AutoConfig(keep_edges=False) to include)"
+                )
+                continue
+            input_size, per_position = layer_geometry(layer, shapes[name])
+            dense_params, dense_macs = FactorizedLayer.dense_cost(layer, input_size)
+            lc = LayerChoices(
+                name, layer, shapes[name], input_size, per_position, dense_params, dense_macs * per_position
+            )
+            for method in cfg.methods:
+                try:
+                    cls = layer_class(method, layer)
+                    options = config_for_method(method).options()
+                    problem = cls.rank_problem(layer, input_size=input_size, name=name, **options)
+                except NotFactorizable as err:
+                    lc.reasons.append(f"{method}: {err}")
+                    continue
+                seen: dict[tuple[int, ...], Candidate] = {}
+                for level in cfg.levels:
+                    ranks = _round_ranks(selector(level)(problem), problem.max_ranks, cfg.round_to)
+                    if ranks in seen:
+                        continue
+                    params, macs = problem.cost(ranks)
+                    macs *= per_position
+                    if params < dense_params and macs < lc.dense_macs:
+                        seen[ranks] = Candidate(method, ranks, params, macs)
+                if not seen:
+                    lc.reasons.append(f"{method}: no rank on the grid is smaller than the dense layer")
+                lc.candidates.extend(sorted(seen.values(), key=lambda c: c.macs))
+                self._problems[(name, method)] = (problem, options)
+            if lc.candidates:
+                self.layers.append(lc)
+            else:
+                self.skipped[name] = "no candidate: " + "; ".join(lc.reasons)
+
+    def _cache_path(self, kind: str, key: str) -> Path | None:
+        if not self.cfg.cache:
+            return None
+        base = default_cache_dir() if self.cfg.cache_dir is None else Path(self.cfg.cache_dir)
+        return base / kind / f"{key[:40]}.json"
+
+    # -- damage -----------------------------------------------------------------------------------------
+    def score(self) -> None:
+        cfg = self.cfg
+        settings = {
+            "version": SENSITIVITY_VERSION,
+            "objective": cfg.objective,
+            "fold_bn": cfg.fold_bn,
+            "eval_fn": None if self.eval_fn is None else getattr(self.eval_fn, "__qualname__", repr(self.eval_fn)),
+            "probe": PROBE_OPTIONS,
+        }
+        path = self._cache_path("sensitivity", fingerprint(self.model, self.calib, settings))
+        table = TableCache(path, settings)
+        todo = [(lc, c) for lc in self.layers for c in lc.candidates if table.get(f"{lc.name}|{c.key}") is None]
+        self.stats.update(scored=len(todo), cached=sum(len(lc.candidates) for lc in self.layers) - len(todo))
+        self.stats["cache_file"] = str(path) if path else None
+        if todo:
+            damage = damage_function(self.model, self.calib, cfg.objective, self.eval_fn)
+            with progress_bar("scoring candidates", len(todo), enabled=cfg.progress) as advance:
+                current = None
+                for lc, c in todo:
+                    if current is not None and current != lc.name:
+                        table.flush()  # an interrupted analysis resumes from the last finished layer
+                    current = lc.name
+                    cls = layer_class(c.method, lc.layer)
+                    _, options = self._problems[(lc.name, c.method)]
+                    opts = {**options, **PROBE_OPTIONS.get(c.method, {})}
+                    replacement = cls.from_dense(lc.layer, c.ranks, input_size=lc.input_size, **opts)
+                    table.put(f"{lc.name}|{c.key}", damage(lc.layer, replacement))
+                    advance()
+            table.flush()
+        for lc in self.layers:
+            for c in lc.candidates:
+                c.raw_damage = float(table.get(f"{lc.name}|{c.key}"))
+            # more rank never hurts in expectation: a score above that of a smaller rank is noise
+            for method in {c.method for c in lc.candidates}:
+                lowest = math.inf
+                for c in sorted((c for c in lc.candidates if c.method == method), key=lambda c: c.macs):
+                    lowest = min(lowest, c.raw_damage)
+                    c.damage = lowest
+        if self.kind != "latency":
+            self._interpolate()
+
+    def _interpolate(self) -> None:
+        """Add ranks between scored neighbours (damage interpolated in cost) so budgets can be met closely.
+
+        Above the highest scored level the path continues towards full rank, where the exact methods (all
+        but CP) reproduce the layer (damage 0), as long as the factorized layer stays smaller than dense.
+        """
+        step = self.cfg.round_to
+        for lc in self.layers:
+            extra = []
+            for method in {c.method for c in lc.candidates}:
+                problem, _ = self._problems[(lc.name, method)]
+                scored = [c for c in lc.candidates if c.method == method]
+                known = {c.ranks for c in scored}
+                anchors = list(scored)
+                if method != "cp" and problem.max_ranks not in known:
+                    params, macs = problem.cost(problem.max_ranks)
+                    anchors.append(Candidate(method, problem.max_ranks, params, macs * lc.per_position, 0.0))
+                for a, b in zip(anchors, anchors[1:]):
+                    gap = max(abs(rb - ra) for ra, rb in zip(a.ranks, b.ranks))
+                    n = min(gap - 1, _INTERPOLATED_MAX)
+                    for i in range(1, n + 1):
+                        t = i / (n + 1)
+                        ranks = tuple(round(ra + t * (rb - ra)) for ra, rb in zip(a.ranks, b.ranks))
+                        ranks = _round_ranks(ranks, problem.max_ranks, step)
+                        if ranks in known:
+                            continue
+                        known.add(ranks)
+                        params, macs = problem.cost(ranks)
+                        macs *= lc.per_position
+                        if params >= lc.dense_params or macs >= lc.dense_macs:
+                            continue
+                        ca, cb = _cost(self.kind, a), _cost(self.kind, b)
+                        cost = float(params if self.kind == "params" else macs)
+                        if not ca < cost < cb:
+                            continue
+                        w = (cost - ca) / (cb - ca)
+                        extra.append(Candidate(method, ranks, params, macs, (1 - w) * a.damage + w * b.damage, False))
+            lc.candidates = sorted(lc.candidates + extra, key=lambda c: (c.method, c.macs))
+
+    # -- latency ----------------------------------------------------------------------------------------
+    def measure_candidates(self) -> None:
+        cfg = self.cfg
+        settings = {
+            "runtime": cfg.runtime,
+            "batch_size": cfg.batch_size,
+            "threads": cfg.threads or torch.get_num_threads(),
+            "torch": torch.__version__,
+            "machine": platform.machine(),
+            "processor": platform.processor(),
+            "repeats": cfg.latency_repeats,
+        }
+        table = TableCache(self._cache_path("latency", fingerprint(nn.Identity(), None, settings)), settings)
+
+        def entry(lc: LayerChoices, c: Candidate) -> str:
+            return f"{spec_of(lc.layer)!r}|{tuple(lc.input_shape[1:])}|{c.key}"
+
+        todo = [(lc, c) for lc in self.layers for c in lc.candidates if table.get(entry(lc, c)) is None]
+        self.stats.update(timed=len(todo))
+        with progress_bar("timing candidates", len(todo), enabled=cfg.progress) as advance:
+            for lc, c in todo:
+                dense = _random_like(spec_of(lc.layer).dense())
+                cls = layer_class(c.method, lc.layer)
+                _, options = self._problems[(lc.name, c.method)]
+                cand = _random_like(cls.from_dense(lc.layer, c.ranks, decompose_weights=False, **options))
+                x = torch.randn((1, *lc.input_shape[1:]), dtype=spec_of(lc.layer).torch_dtype)
+                if isinstance(lc.layer, nn.Embedding):
+                    x = torch.randint(0, lc.layer.num_embeddings, (1, *lc.input_shape[1:]))
+                t = time_pair(
+                    dense,
+                    cand,
+                    (x,),
+                    batch_sizes=(cfg.batch_size,),
+                    runtime=cfg.runtime,
+                    repeats=cfg.latency_repeats,
+                    threads=cfg.threads,
+                )[cfg.batch_size]
+                table.put(entry(lc, c), list(t))
+                advance()
+                if len(table.entries) % 8 == 0:
+                    table.flush()
+        table.flush()
+        for lc in self.layers:
+            denses = []
+            for c in lc.candidates:
+                d, s = table.get(entry(lc, c))
+                denses.append(d)
+                c.latency_s = s
+            lc.dense_latency_s = sorted(denses)[len(denses) // 2]
+            for c in lc.candidates:  # express every candidate against the layer's one dense time
+                c.latency_s = c.latency_s / table.get(entry(lc, c))[0] * lc.dense_latency_s
+            # never choose what is not measured faster than the dense layer
+            lc.reasons += [
+                f"{c.key}: measured not faster than dense" for c in lc.candidates if c.latency_s >= lc.dense_latency_s
+            ]
+            lc.candidates = [c for c in lc.candidates if c.latency_s < lc.dense_latency_s]
+
+    # -- solve ------------------------------------------------------------------------------------------
+    def reference_total(self, model_latency_s: float | None = None) -> tuple[float, float]:
+        """``(total cost of the dense model, cost outside the candidate layers)`` in the target's units."""
+        if self.kind == "latency":
+            inside = sum(lc.dense_latency_s for lc in self.layers)
+            return model_latency_s, max(0.0, model_latency_s - inside)
+        inside = sum(_dense_cost(self.kind, lc) for lc in self.layers)
+        return float(self.totals_before[self.kind]), float(self.totals_work[self.kind]) - inside
+
+    def floor(self, total: float, fixed: float) -> float:
+        """The smallest reachable fraction: every layer at its cheapest option."""
+        cheapest = [
+            min([_dense_cost(self.kind, lc)] + [_cost(self.kind, c) for c in lc.candidates]) for lc in self.layers
+        ]
+        return (fixed + sum(cheapest)) / total
+
+    def solve(self, fraction: float, total: float, fixed: float) -> tuple[dict[str, Candidate | None], float]:
+        """The least-damage choice whose total cost is at most ``fraction * total``; returns it and its
+        predicted damage. Raises ``ValueError`` when the target is out of reach."""
+        budget = fraction * total - fixed
+        options = [[None, *lc.candidates] for lc in self.layers]
+        costs = [[_dense_cost(self.kind, lc)] + [_cost(self.kind, c) for c in lc.candidates] for lc in self.layers]
+        damages = [[0.0] + [c.damage for c in lc.candidates] for lc in self.layers]
+        floor = self.floor(total, fixed) * total
+        if budget < 0 or (picks := solve_mckp(costs, damages, budget)) is None:
+            raise ValueError(
+                f"target {self.kind}={fraction:g} is out of reach: the smallest candidates give "
+                f"{self.kind} x{floor / total:.3f} (add methods, lower levels, or set keep_edges=False)"
+            )
+        # spend what the rounding left over: move a layer to a costlier option that does no more damage,
+        # the one whose damage falls most first (then the costliest), until nothing fits
+        spent = sum(costs[g][o] for g, o in enumerate(picks))
+        while True:
+            best = None
+            for g, o in enumerate(picks):
+                for k, (cost, dmg) in enumerate(zip(costs[g], damages[g])):
+                    if cost <= costs[g][o] or dmg > damages[g][o] or spent - costs[g][o] + cost > budget:
+                        continue
+                    score = (damages[g][o] - dmg, cost - costs[g][o])
+                    if best is None or score > best[0]:
+                        best = (score, g, k)
+            if best is None:
+                break
+            _, g, k = best
+            spent += costs[g][k] - costs[g][picks[g]]
+            picks[g] = k
+        choice = {lc.name: options[g][picks[g]] for g, lc in enumerate(self.layers)}
+        return choice, sum(damages[g][o] for g, o in enumerate(picks))
+
+    def plan(self, choice: dict[str, Candidate | None]) -> Plan:
+        layers: dict[str, Any] = {"_default": None}
+        for name, c in choice.items():
+            if c is not None:
+                rank = c.ranks[0] if len(c.ranks) == 1 else tuple(c.ranks)
+                layers[name] = config_for_method(c.method, rank=rank, fold_bn=self.cfg.fold_bn)
+        return Plan(layers)
+
+
+def _random_like(module: nn.Module) -> nn.Module:
+    """``module`` with finite random weights (timing must not see uninitialised memory or denormals)."""
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.05)
+    return module.eval()
+
+
+# -- the compress entry point ------------------------------------------------------------------------------
+def _measure(
+    report: CompressionReport,
+    reference: nn.Module,
+    built: nn.Module,
+    inputs: tuple[Tensor, ...],
+    search: AutoSearch,
+    repeats: int,
+) -> None:
+    cfg = search.cfg
+    sizes = tuple(dict.fromkeys((1, cfg.batch_size)))
+    shapes = {lc.name: lc for lc in search.layers}
+    for row in report.layers:
+        if row.skipped is not None or row.name not in shapes:
+            continue
+        lc = shapes[row.name]
+        new = get_module(built, row.name)
+        x = torch.randn((1, *lc.input_shape[1:]), dtype=spec_of(lc.layer).torch_dtype)
+        t = time_pair(
+            lc.layer,
+            new,
+            (x,),
+            batch_sizes=sizes,
+            runtime=cfg.runtime,
+            repeats=cfg.latency_repeats,
+            threads=cfg.threads,
+        )
+        row.latency_ratio = t[cfg.batch_size][1] / t[cfg.batch_size][0]
+        row.latency_ratio_b1 = t[1][1] / t[1][0]
+    t = time_pair(
+        reference, built, inputs, batch_sizes=sizes, runtime=cfg.runtime, repeats=repeats, threads=cfg.threads
+    )
+    report.totals.update(
+        latency_ratio=t[cfg.batch_size][1] / t[cfg.batch_size][0],
+        latency_ratio_b1=t[1][1] / t[1][0],
+        latency_batch_size=cfg.batch_size,
+        latency_before_s=t[cfg.batch_size][0],
+        latency_after_s=t[cfg.batch_size][1],
+        runtime=cfg.runtime,
+        threads=cfg.threads or torch.get_num_threads(),
+    )
+
+
+def auto_compress(
+    model: nn.Module,
+    cfg: AutoConfig,
+    *,
+    inputs: tuple[Tensor, ...] | None,
+    calib_data: Any,
+    eval_fn: Callable[[nn.Module], float] | None,
+    inplace: bool,
+) -> tuple[nn.Module, CompressionReport]:
+    """:func:`factorch.compress` for an :class:`AutoConfig` (see there)."""
+    from factorch.api import compress
+
+    target: Target = cfg.parsed_target
+    if target.fraction is None and eval_fn is None:
+        raise ValueError(f"AutoConfig(target={cfg.target!r}) without a fraction searches by accuracy: pass eval_fn")
+    if cfg.max_accuracy_drop is not None and eval_fn is None:
+        raise ValueError(
+            "AutoConfig(max_accuracy_drop=...) needs eval_fn (a function model -> score, higher is better)"
+        )
+    if eval_fn is not None and not callable(eval_fn):
+        raise TypeError(f"eval_fn must be callable (model -> score), got {type(eval_fn).__name__}")
+    calib = calibration_inputs(calib_data, cfg.calib_samples) if calib_data is not None else None
+    if calib is None and (eval_fn is None or cfg.objective != "accuracy"):
+        raise ValueError(
+            "AutoConfig needs calib_data (a tensor or DataLoader of inputs) to score candidate layers, "
+            "or eval_fn with objective='accuracy'"
+        )
+    if inputs is None:
+        if calib is None:
+            raise ValueError("AutoConfig needs example_inputs (or calib_data to take one from)")
+        inputs = (calib[:1],)
+    inputs = tuple(t[:1] for t in inputs)
+
+    was_training = model.training
+    search = AutoSearch(model, cfg, inputs, calib, eval_fn)
+    search.score()
+    if target.kind == "latency":
+        search.measure_candidates()
+        from factorch.profiling import measure_latency
+
+        lat = measure_latency(model, inputs, batch_sizes=(cfg.batch_size,), repeats=20, threads=cfg.threads)
+        total, fixed = search.reference_total(lat.median(cfg.batch_size))
+    else:
+        total, fixed = search.reference_total()
+    reference = copy.deepcopy(model) if inplace else model
+    base_score = float(eval_fn(reference)) if eval_fn is not None else None
+
+    def build(fraction: float) -> tuple[nn.Module, CompressionReport, float]:
+        choice, predicted = search.solve(fraction, total, fixed)
+        built, report = compress(model, search.plan(choice), example_inputs=inputs, inplace=False)
+        report.totals["predicted_damage"] = predicted
+        for row in report.layers:
+            if row.skipped is None:
+                row.damage = choice[row.name].damage
+            elif row.name in search.skipped:
+                row.skipped = search.skipped[row.name]
+            elif row.name in choice:
+                row.skipped = "kept dense by the budget solver"
+        built.train(was_training)
+        return built, report, predicted
+
+    warnings: list[str] = []
+    attempts = []
+    if target.fraction is None:  # smallest budget whose measured drop is within max_accuracy_drop
+        allowed = cfg.max_accuracy_drop
+        lo, hi, best = search.floor(total, fixed), 1.0, None
+        for _ in range(7):
+            mid = 0.5 * (lo + hi)
+            try:
+                built, report, _ = build(mid)
+            except ValueError:
+                lo = mid
+                continue
+            drop = base_score - float(eval_fn(built))
+            attempts.append({"fraction": mid, "drop": drop})
+            if drop <= allowed:
+                hi, best = mid, (built, report, drop)
+            else:
+                lo = mid
+        if best is None:
+            built, report, _ = build(1.0)
+            warnings.append(f"no budget below the dense model kept the drop within {allowed}")
+        else:
+            built, report, _ = best
+        fraction = None
+    else:
+        fraction = target.fraction
+        goal = fraction
+        for _attempt in range(3):  # closed loop: the measured result, not the model of it, must meet the target
+            built, report, _ = build(goal)
+            ratio = _achieved(report, target.kind, built, reference, inputs, cfg)
+            attempts.append({"fraction": goal, "achieved": ratio})
+            if ratio <= fraction:
+                break
+            goal = goal * fraction / ratio * (0.99 if target.kind == "latency" else 0.999)
+        else:
+            warnings.append(f"measured {target.kind} x{ratio:.3f} is above the target {fraction:g} after 3 attempts")
+    if cfg.measure or target.kind == "latency":
+        _measure(report, reference, built, inputs, search, repeats=max(20, cfg.latency_repeats))
+    if eval_fn is not None:
+        after = float(eval_fn(built))
+        report.totals.update(score_before=base_score, score_after=after, accuracy_drop=base_score - after)
+        if cfg.max_accuracy_drop is not None and base_score - after > cfg.max_accuracy_drop:
+            warnings.append(f"accuracy drop {base_score - after:.3g} exceeds max_accuracy_drop={cfg.max_accuracy_drop}")
+    report.config = cfg.to_dict()
+    report.totals.update(
+        target=str(target),
+        target_kind=target.kind,
+        target_fraction=fraction,
+        sensitivity={k: v for k, v in search.stats.items()},
+        attempts=attempts,
+    )
+    if warnings:
+        report.totals["warnings"] = warnings
+    if inplace:
+        _copy_into(model, built)
+        built = model
+    return built, report
+
+
+def _achieved(
+    report: CompressionReport,
+    kind: str,
+    built: nn.Module,
+    reference: nn.Module,
+    inputs: tuple[Tensor, ...],
+    cfg: AutoConfig,
+) -> float:
+    if kind != "latency":
+        return float(report.totals[f"{kind}_ratio"])
+    t = time_pair(
+        reference, built, inputs, batch_sizes=(cfg.batch_size,), runtime=cfg.runtime, repeats=20, threads=cfg.threads
+    )
+    return t[cfg.batch_size][1] / t[cfg.batch_size][0]
+
+
+def _copy_into(model: nn.Module, built: nn.Module) -> None:
+    """Make ``model`` (the caller's object) the compressed model: same class, new submodules and state."""
+    model.__dict__.clear()
+    model.__dict__.update(built.__dict__)

@@ -1,0 +1,179 @@
+"""Damage scores: how much the network's outputs (or the user's metric) suffer when one layer is replaced."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+SENSITIVITY_VERSION = 1  # bump when the scores change meaning, so old cache entries are not reused
+_CHUNK = 128
+
+
+def calibration_inputs(calib_data: Any, n_samples: int) -> Tensor:
+    """The first ``n_samples`` inputs of ``calib_data``: a tensor of inputs, or an iterable (e.g. a
+    ``DataLoader``) yielding ``(inputs, targets)`` pairs or input tensors.
+
+    Raises:
+        TypeError: ``calib_data`` is none of those.
+        ValueError: it yields no samples.
+    """
+    if isinstance(calib_data, Tensor):
+        if calib_data.ndim < 1 or calib_data.shape[0] == 0:
+            raise ValueError("calib_data is an empty tensor; give a batch of inputs (N, ...)")
+        return calib_data[:n_samples]
+    if not isinstance(calib_data, Iterable):
+        raise TypeError(
+            "calib_data must be a tensor of inputs or an iterable (e.g. a DataLoader) of (inputs, targets) "
+            f"or inputs, got {type(calib_data).__name__}"
+        )
+    chunks, count = [], 0
+    for batch in calib_data:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        if not isinstance(x, Tensor):
+            raise TypeError(f"calib_data yielded {type(x).__name__}; expected tensors or (inputs, targets) pairs")
+        chunks.append(x[: n_samples - count])
+        count += chunks[-1].shape[0]
+        if count >= n_samples:
+            break
+    if count == 0:
+        raise ValueError("calib_data yielded no samples")
+    return torch.cat(chunks)
+
+
+def _first_tensor(out: Any) -> Tensor:
+    if isinstance(out, Tensor):
+        return out
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
+        return out[0]
+    if isinstance(out, dict):
+        for v in out.values():
+            if isinstance(v, Tensor):
+                return v
+    raise TypeError(f"cannot score a model whose output is {type(out).__name__}; return a tensor of logits")
+
+
+@torch.no_grad()
+def model_outputs(model: nn.Module, inputs: Tensor) -> Tensor:
+    """The model's outputs on ``inputs``, in chunks, as float64 on the CPU."""
+    outs = []
+    for start in range(0, inputs.shape[0], _CHUNK):
+        outs.append(_first_tensor(model(inputs[start : start + _CHUNK])).double().cpu())
+    return torch.cat(outs)
+
+
+class OutputScorer:
+    """Damage of a perturbed network relative to reference outputs.
+
+    For logits ``(N, classes)`` and objective ``"accuracy"`` or ``"kl"``: the mean KL divergence
+    ``KL(softmax(reference) || softmax(perturbed))``, a label-free proxy of the accuracy lost. Otherwise (or
+    with objective ``"output"``): ``||y - y_ref||^2 / ||y_ref||^2``.
+    """
+
+    def __init__(self, reference: Tensor, objective: str) -> None:
+        self.kl = objective in ("accuracy", "kl") and reference.ndim == 2 and reference.shape[1] > 1
+        self.reference = reference
+        self.ref_log = F.log_softmax(reference, dim=1) if self.kl else None
+
+    def __call__(self, outputs: Tensor) -> float:
+        if self.kl:
+            log_q = F.log_softmax(outputs, dim=1)
+            return float((self.ref_log.exp() * (self.ref_log - log_q)).sum(dim=1).mean())
+        return float((outputs - self.reference).pow(2).sum() / self.reference.pow(2).sum().clamp_min(1e-300))
+
+
+@contextlib.contextmanager
+def substituted(layer: nn.Module, replacement: nn.Module) -> Iterator[None]:
+    """While active, ``layer``'s output is replaced by ``replacement`` applied to the same inputs."""
+    handle = layer.register_forward_hook(lambda _m, args, _out: replacement(*args))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def fingerprint(model: nn.Module, inputs: Tensor | None, settings: dict[str, Any]) -> str:
+    """A hash of the model's weights and buffers, the calibration inputs and the settings."""
+    h = hashlib.sha256()
+    h.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    for name, tensor in model.state_dict().items():
+        h.update(name.encode())
+        t = tensor.detach().cpu().contiguous()
+        h.update(str((t.dtype, tuple(t.shape))).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    if inputs is not None:
+        t = inputs.detach().cpu().contiguous()
+        h.update(str((t.dtype, tuple(t.shape))).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("FACTORCH_CACHE") or Path.home() / ".cache" / "factorch")
+
+
+class TableCache:
+    """A JSON table of scores on disk, written after every update, so an interrupted analysis resumes."""
+
+    def __init__(self, path: Path | None, meta: dict[str, Any]) -> None:
+        self.path = path
+        self.meta = meta
+        self.entries: dict[str, Any] = {}
+        self.loaded = 0
+        if path is not None and path.is_file():
+            try:
+                data = json.loads(path.read_text())
+                if data.get("meta") == json.loads(json.dumps(meta, default=str)):
+                    self.entries = dict(data.get("entries", {}))
+                    self.loaded = len(self.entries)
+            except (OSError, ValueError):
+                self.entries = {}
+
+    def get(self, key: str) -> Any:
+        return self.entries.get(key)
+
+    def put(self, key: str, value: Any) -> None:
+        self.entries[key] = value
+
+    def flush(self) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"meta": self.meta, "entries": self.entries}, default=str))
+        tmp.replace(self.path)
+
+
+def damage_function(
+    model: nn.Module, inputs: Tensor | None, objective: str, eval_fn: Callable[[nn.Module], float] | None
+) -> Callable[[nn.Module, nn.Module], float]:
+    """``damage(layer, replacement)``: the damage of running ``model`` with ``layer`` replaced.
+
+    With ``eval_fn`` (and objective ``"accuracy"``): ``eval_fn(model)`` before minus after (higher scores are
+    better). Otherwise an :class:`OutputScorer` on ``inputs``.
+    """
+    if eval_fn is not None and objective == "accuracy":
+        base = float(eval_fn(model))
+
+        def by_metric(layer: nn.Module, replacement: nn.Module) -> float:
+            with substituted(layer, replacement), torch.no_grad():
+                return base - float(eval_fn(model))
+
+        return by_metric
+    if inputs is None:
+        raise ValueError("AutoConfig needs calib_data (or eval_fn with objective='accuracy') to score layers")
+    scorer = OutputScorer(model_outputs(model, inputs), objective)
+
+    def by_outputs(layer: nn.Module, replacement: nn.Module) -> float:
+        with substituted(layer, replacement):
+            return scorer(model_outputs(model, inputs))
+
+    return by_outputs

@@ -1,0 +1,242 @@
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+import factorch
+from factorch.auto import AutoConfig, uniform_compress
+from factorch.auto import search as search_mod
+from factorch.auto.sweep import pareto_front
+from factorch.layers.spatial import SpatialSVDConv2d
+
+
+def tiny_net():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(32, 48, 3, padding=1),
+        nn.BatchNorm2d(48),
+        nn.ReLU(),
+        nn.Conv2d(48, 48, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(48, 64, 1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(64, 64),
+        nn.ReLU(),
+        nn.Linear(64, 5),
+    ).eval()
+
+
+X = torch.randn(1, 3, 8, 8)
+
+
+def calib():
+    return torch.randn(48, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+
+
+FAST = dict(methods=("tucker2", "svd", "spatial-svd"), levels=(0.1, 0.25, 0.5, 0.8), measure=False, progress=False)
+
+
+@pytest.mark.parametrize("target", ["macs=0.5", "params=0.4", "macs=0.3"])
+def test_target_is_met_within_two_percent_and_never_above(target):
+    model = tiny_net()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    out, report = factorch.compress(model, AutoConfig(target, **FAST), example_inputs=X, calib_data=calib())
+    kind, fraction = target.split("=")
+    ratio = report.to_dict()["totals"][f"{kind}_ratio"]
+    assert float(fraction) * 0.98 <= ratio <= float(fraction)
+    assert {"macs_ratio", "params_ratio"} <= set(report.to_dict()["totals"])
+    # the caller's model is untouched; the result runs and was really changed
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert out(X).shape == (1, 5)
+    assert any(isinstance(m, factorch.layers.FactorizedLayer) for m in out.modules())
+    # edges stay dense, with the reason in the report
+    rows = {r["name"]: r for r in report.to_dict()["layers"]}
+    assert "first conv" in rows["0"]["skipped"] and "first conv" in rows["13"]["skipped"]
+
+
+def test_second_run_reuses_the_sensitivity_table(tmp_path):
+    cfg = AutoConfig("macs=0.5", cache_dir=str(tmp_path), **FAST)
+    _, first = factorch.compress(tiny_net(), cfg, example_inputs=X, calib_data=calib())
+    _, second = factorch.compress(tiny_net(), cfg, example_inputs=X, calib_data=calib())
+    s1, s2 = first.totals["sensitivity"], second.totals["sensitivity"]
+    assert s1["scored"] > 0 and s1["cached"] == 0
+    assert s2["scored"] == 0 and s2["cached"] == s1["scored"]
+    assert [r.ranks for r in first.layers] == [r.ranks for r in second.layers]
+    # other weights are another model: nothing is reused
+    other = tiny_net()
+    with torch.no_grad():
+        other[2].weight.mul_(1.5)
+    _, third = factorch.compress(other, cfg, example_inputs=X, calib_data=calib())
+    assert third.totals["sensitivity"]["cached"] == 0
+
+
+def test_interrupted_analysis_resumes(tmp_path, monkeypatch):
+    cfg = AutoConfig("macs=0.5", cache_dir=str(tmp_path), **FAST)
+    calls = {"n": 0}
+    real = search_mod.damage_function
+
+    def flaky(*args, **kwargs):
+        fn = real(*args, **kwargs)
+
+        def wrapped(layer, replacement):
+            calls["n"] += 1
+            if calls["n"] == 20:
+                raise KeyboardInterrupt
+            return fn(layer, replacement)
+
+        return wrapped
+
+    monkeypatch.setattr(search_mod, "damage_function", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        factorch.compress(tiny_net(), cfg, example_inputs=X, calib_data=calib())
+    monkeypatch.setattr(search_mod, "damage_function", real)
+    _, report = factorch.compress(tiny_net(), cfg, example_inputs=X, calib_data=calib())
+    stats = report.totals["sensitivity"]
+    assert stats["cached"] > 0 and stats["scored"] > 0  # finished layers were kept, the rest scored now
+
+
+def test_solver_prefers_the_layer_that_matters_less():
+    """Damage decides: with one layer made very sensitive, the solver squeezes the others instead."""
+    model = tiny_net()
+    _, base = factorch.compress(model, AutoConfig("macs=0.5", **FAST), example_inputs=X, calib_data=calib())
+    search = search_mod.AutoSearch(model, AutoConfig("macs=0.5", **FAST), (X,), calib(), None)
+    search.score()
+    for lc in search.layers:
+        if lc.name == "5":
+            for c in lc.candidates:
+                c.damage *= 1e6
+    total, fixed = search.reference_total()
+    choice, _ = search.solve(0.5, total, fixed)
+    assert choice["5"] is None or choice["5"].macs >= max(c.macs for c in search.layers[1].candidates) * 0.5
+
+
+def test_auto_beats_uniform_on_the_proxy():
+    model = tiny_net()
+    with torch.no_grad():  # make one layer nearly low-rank, so spending rank elsewhere pays off
+        w = model[5].weight
+        w.copy_(w * torch.linspace(0.01, 1, 48)[:, None, None, None])
+    auto, rep = factorch.compress(model, AutoConfig("macs=0.5", **FAST), example_inputs=X, calib_data=calib())
+    uni, urep, _ = uniform_compress(model, "tucker2", "macs=0.5", example_inputs=X)
+    assert urep.totals["macs_ratio"] <= 0.5
+    x = calib()
+
+    def kl(m):
+        p, q = torch.log_softmax(model(x), 1), torch.log_softmax(m(x), 1)
+        return float((p.exp() * (p - q)).sum(1).mean())
+
+    with torch.no_grad():
+        assert kl(auto) < kl(uni)
+
+
+def test_latency_target_never_picks_a_slower_layer(monkeypatch):
+    """Timing is faked (deterministic): spatial SVD is 'slow' here, so it must never be chosen."""
+
+    def fake_time_pair(dense, candidate, example, *, batch_sizes, runtime="torch", repeats=7, threads=None):
+        def cost(m):
+            prof = factorch.profile(m, example)
+            slow = 20.0 if isinstance(m, SpatialSVDConv2d) else 1.0
+            return 1e-9 * prof.total_macs * slow + 1e-6
+
+        return {b: (cost(dense) * b, cost(candidate) * b) for b in batch_sizes}
+
+    monkeypatch.setattr(search_mod, "time_pair", fake_time_pair)
+    measure = factorch.profiling.latency.measure_latency
+
+    def fake_measure(model, inputs, **kw):
+        report = measure(model, inputs, batch_sizes=kw["batch_sizes"], repeats=1, warmup=0)
+        fake = fake_time_pair(model, model, inputs, batch_sizes=(64,))[64][0]
+        report.results[0] = dataclasses.replace(report.results[0], median_s=fake)
+        return report
+
+    monkeypatch.setattr(factorch.profiling, "measure_latency", fake_measure)
+    cfg = AutoConfig("latency=0.6", batch_size=64, **{**FAST, "measure": True})
+    out, report = factorch.compress(tiny_net(), cfg, example_inputs=X, calib_data=calib())
+    totals = report.to_dict()["totals"]
+    assert totals["latency_ratio"] <= 0.6 and totals["latency_batch_size"] == 64
+    done = [r for r in report.layers if r.skipped is None]
+    assert done and all(r.method != "spatial-svd" for r in done)
+    assert all(r.latency_ratio < 1 and r.latency_ratio_b1 is not None for r in done)
+
+
+def test_accuracy_budget_search_with_eval_fn():
+    model = tiny_net()
+    x = calib()
+    with torch.no_grad():
+        labels = model(x).argmax(1)
+
+    def agreement(m):  # % of calibration samples whose class is unchanged
+        with torch.no_grad():
+            return float((m(x).argmax(1) == labels).float().mean() * 100)
+
+    cfg = AutoConfig("macs", max_accuracy_drop=5.0, **FAST)
+    out, report = factorch.compress(model, cfg, example_inputs=X, calib_data=x, eval_fn=agreement)
+    t = report.totals
+    assert t["accuracy_drop"] <= 5.0 and t["macs_ratio"] < 1
+    assert len(t["attempts"]) == 7 and t["target_fraction"] is None
+
+
+def test_inplace_changes_the_callers_model():
+    model = tiny_net()
+    out, _ = factorch.compress(
+        model, AutoConfig("macs=0.5", **FAST), example_inputs=X, calib_data=calib(), inplace=True
+    )
+    assert out is model
+    assert any(isinstance(m, factorch.layers.FactorizedLayer) for m in model.modules())
+
+
+def test_saved_auto_model_loads_back_exactly(tmp_path):
+    out, _ = factorch.compress(tiny_net(), AutoConfig("macs=0.4", **FAST), example_inputs=X, calib_data=calib())
+    factorch.save(out, tmp_path / "m")
+    back = factorch.load(tmp_path / "m", base_model=tiny_net())
+    x = calib()
+    with torch.no_grad():
+        assert torch.equal(out(x), back(x))
+
+
+def test_dataloader_calibration_with_targets():
+    ds = torch.utils.data.TensorDataset(calib(), torch.zeros(48, dtype=torch.long))
+    loader = torch.utils.data.DataLoader(ds, batch_size=16)
+    _, report = factorch.compress(tiny_net(), AutoConfig("macs=0.5", **FAST), example_inputs=X, calib_data=loader)
+    assert report.totals["macs_ratio"] <= 0.5
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(target="flops=0.5"), "kind must be one of"),
+        (dict(target="macs=1.5"), r"\(0, 1\]"),
+        (dict(target="macs=abc"), "not a number"),
+        (dict(target="macs=0.5", methods=("tt",)), "unknown method 'tt'"),
+        (dict(target="macs=0.5", objective="loss"), "objective"),
+        (dict(target="macs=0.5", runtime="tvm"), "runtime"),
+        (dict(target="macs=0.5", round_to=0), "round_to"),
+        (dict(target="macs=0.5", levels=(0.5, 1.2)), "levels"),
+        (dict(target=None), "needs a target"),
+    ],
+)
+def test_bad_autoconfig_is_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        AutoConfig(**kwargs)
+
+
+def test_missing_calibration_and_unreachable_target_are_errors():
+    with pytest.raises(ValueError, match="calib_data"):
+        factorch.compress(tiny_net(), AutoConfig("macs=0.5", **FAST), example_inputs=X)
+    with pytest.raises(ValueError, match="out of reach"):
+        factorch.compress(tiny_net(), AutoConfig("macs=0.01", **FAST), example_inputs=X, calib_data=calib())
+    with pytest.raises(ValueError, match="eval_fn"):
+        factorch.compress(
+            tiny_net(), AutoConfig("macs", max_accuracy_drop=1, **FAST), example_inputs=X, calib_data=calib()
+        )
+    with pytest.raises(ValueError, match="AutoConfig only"):
+        factorch.compress(tiny_net(), factorch.SVDConfig(rank=0.5), example_inputs=X, calib_data=calib())
+
+
+def test_pareto_front():
+    pts = [(0.5, 90.0), (0.3, 85.0), (0.4, 84.0), (0.2, 70.0), (0.6, 89.0)]
+    assert pareto_front(pts) == [(0.2, 70.0), (0.3, 85.0), (0.5, 90.0)]
