@@ -8,6 +8,8 @@ from factorch import rank as rank
 from factorch.api import compress as compress
 from factorch.api import compress_ as compress_
 from factorch.auto import AutoConfig as AutoConfig
+from factorch.calibrate import CalibrationConfig as CalibrationConfig
+from factorch.calibrate import calibrate_ as calibrate_
 from factorch.config import CPConfig as CPConfig
 from factorch.config import MethodConfig as MethodConfig
 from factorch.config import Plan as Plan
@@ -29,11 +31,15 @@ from factorch.rank import MACRatioRank as MACRatioRank
 from factorch.rank import ParamRatioRank as ParamRatioRank
 from factorch.rank import VBMFRank as VBMFRank
 from factorch.report import CompressionReport as CompressionReport
+from factorch.train import finetune as finetune
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AutoConfig",
+    "finetune",
+    "CalibrationConfig",
+    "calibrate_",
     "CPConfig",
     "CompressionReport",
     "EnergyRank",

@@ -95,9 +95,17 @@ def compress(
         return auto_compress(
             model, config, inputs=_as_inputs(example_inputs), calib_data=calib_data, eval_fn=eval_fn, inplace=inplace
         )
-    if calib_data is not None or eval_fn is not None:
-        raise ValueError("calib_data and eval_fn are used by AutoConfig only; this config does not take them")
+    if eval_fn is not None:
+        raise ValueError("eval_fn is used by AutoConfig only; this config does not take it")
     plan = _as_plan(config)
+    calibrating = [c for c in plan.layers.values() if c is not None and c.calibrate is not None]
+    if calib_data is not None and not calibrating:
+        raise ValueError(
+            "calib_data is used for calibration: set calibrate=factorch.CalibrationConfig(...) on the config "
+            "(or use an AutoConfig)"
+        )
+    if calibrating and calib_data is None:
+        raise ValueError("calibrate=... needs calib_data (a tensor or DataLoader of calibration inputs)")
     inputs = _as_inputs(example_inputs)
     names_in_model = {n for n, _ in model.named_modules() if n}
     for name in plan.exact_names():
@@ -117,6 +125,7 @@ def compress(
     if fold:
         folded = fold_batchnorms(work, conv_bn_pairs(work))
 
+    reference = copy.deepcopy(work) if calibrating else None  # the dense responses to reconstruct
     shapes = trace_layers(work, inputs) if inputs is not None else {}
     layers = list(candidate_layers(work))
     if shapes:
@@ -171,6 +180,17 @@ def compress(
         row.rel_error = _weight_error(layer, new)
         replace_module(work, name, new)
 
+    if calibrating:
+        from factorch.calibrate import calibrate_
+
+        names = [
+            r.name
+            for r in report.layers
+            if r.skipped is None and (cfg := plan.resolve(r.name)[0]) is not None and cfg.calibrate is not None
+        ]
+        result = calibrate_(work, reference, calib_data, config=calibrating[0].calibrate, layers=names)
+        report.totals["calibration"] = result.to_dict()
+        _note_calibration(report, result)
     setattr(work, PLAN_ATTR, {"folded_bn": [list(p) for p in folded]})
     whole = None
     if inputs is not None:
@@ -187,6 +207,15 @@ def compress(
         )
         report.totals["params_ratio"] = report.totals["params_after"] / max(1, report.totals["params_before"])
     return work, report
+
+
+def _note_calibration(report: CompressionReport, result) -> None:
+    """Copy each layer's final relative output error into its report row."""
+    by_name = {c.name: c for c in result.layers}
+    for row in report.layers:
+        c = by_name.get(row.name)
+        if c is not None and c.skipped is None:
+            row.output_error = c.act_error_after if c.act_error_after is not None else c.rel_error_linear
 
 
 def compress_(model: nn.Module, config: MethodConfig | Plan | AutoConfig, **kwargs) -> CompressionReport:

@@ -115,6 +115,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-shape", type=_parse_shape, default=(1, 1, 28, 28))
     p.add_argument("--out", required=True, help="folder for the compressed model, report.md and report.json")
     p.add_argument("--no-eval", action="store_true", help="skip the test-accuracy evaluation")
+    p.add_argument(
+        "--calibrate",
+        type=int,
+        default=0,
+        metavar="N",
+        help="refit the factorized layers to the dense responses on N training images (0: off)",
+    )
+    p.add_argument("--data-root", default=None)
+    _add_threads(p)
+
+    p = sub.add_parser("finetune", help="fine-tune a compressed model, optionally distilling from the original")
+    p.add_argument("dir", help="a folder written by `factorch compress`")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--distill", action="store_true", help="distil from the original (teacher) network")
+    p.add_argument("--teacher", default=None, help="teacher model (default: the pretrained model DIR came from)")
+    p.add_argument("--hints", default=None, help="FitNets hints: student=teacher module pairs, comma-separated")
+    p.add_argument("--temperature", type=float, default=4.0)
+    p.add_argument("--alpha", type=float, default=0.9, help="weight of the distillation term")
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="folder for the fine-tuned model, checkpoint and history")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--data-root", default=None)
     _add_threads(p)
 
@@ -263,13 +286,17 @@ def cmd_compress(args: argparse.Namespace) -> int:
     if (args.method is None) == (args.target is None):
         raise ValueError("give exactly one of --method (with --rank) and --target (e.g. --target macs=0.33)")
     t0 = time.perf_counter()
+    calibrate = factorch.CalibrationConfig(n_samples=args.calibrate) if args.calibrate else None
     if args.target is not None:
         config = _auto_config(args, args.target)
-        compressed, report = factorch.compress(
-            model, config, example_inputs=x, calib_data=_calibration(args, config.calib_samples)
-        )
+        config.calibrate = calibrate
+        n = max(config.calib_samples, args.calibrate)
+        compressed, report = factorch.compress(model, config, example_inputs=x, calib_data=_calibration(args, n))
     else:
-        compressed, report = factorch.compress(model, _method_config(args), example_inputs=x)
+        config = _method_config(args)
+        config.calibrate = calibrate
+        calib = _calibration(args, args.calibrate) if calibrate else None
+        compressed, report = factorch.compress(model, config, example_inputs=x, calib_data=calib)
     report.totals["compress_time_s"] = round(time.perf_counter() - t0, 2)
     if not args.no_eval:
         from factorch.data import fashion_mnist
@@ -300,6 +327,68 @@ def cmd_compress(args: argparse.Namespace) -> int:
     for warning in t.get("warnings", []):
         console.print(f"[yellow]warning:[/] {warning}")
     console.print(f"saved to {out} (plan.json, weights.pt, report.md, report.json)")
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    import factorch
+    from factorch.data import fashion_mnist
+    from factorch.models._resolve import load_model
+    from factorch.train import evaluate
+
+    model = factorch.load(args.dir)
+    teacher = None
+    if args.distill or args.hints:
+        if args.teacher is not None:
+            teacher = load_model(args.teacher, pretrained=True)
+        else:
+            plan = json.loads((Path(args.dir) / "plan.json").read_text())
+            base = (plan.get("base") or {}).get("architecture")
+            if not base:
+                raise ValueError(f"{args.dir} does not say which model it came from: pass --teacher")
+            teacher = load_model(base, pretrained=True)
+    hints = None
+    if args.hints:
+        pairs = [h.split("=") for h in args.hints.split(",") if h.strip()]
+        if any(len(p) != 2 for p in pairs):
+            raise ValueError(f"--hints takes student=teacher pairs separated by commas, got {args.hints!r}")
+        hints = {a.strip(): b.strip() for a, b in pairs}
+    train = fashion_mnist("train", args.data_root)
+    test = fashion_mnist("test", args.data_root)
+    out = Path(args.out)
+    if (out / "checkpoint.pt").is_file() and not args.resume:
+        raise SystemExit(f"{out} already holds a fine-tuning run: pass --resume to continue it, or choose --out")
+    before = evaluate(model, test, description="evaluate before")["accuracy"]
+
+    def report(epoch: int, m: dict) -> None:
+        console.print(
+            f"epoch {epoch}: train loss {m['train_loss']:.4f}, test accuracy {m['test_accuracy']:.2f} % "
+            f"(before: {before:.2f} %)"
+        )
+
+    history: list[dict] = []
+    tuned = factorch.finetune(
+        model,
+        train,
+        teacher=teacher,
+        epochs=args.epochs,
+        temperature=args.temperature,
+        alpha=args.alpha,
+        hints=hints,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        test_data=test,
+        out_dir=out,
+        resume=args.resume,
+        inplace=True,
+        history=history,
+        on_epoch_end=report,
+    )
+    factorch.save(tuned, out)
+    summary = {"accuracy_before": round(before, 2), "history": history, "distill": teacher is not None, "hints": hints}
+    (out / "finetune.json").write_text(json.dumps(summary, indent=2) + "\n")
+    console.print(f"saved to {out} (plan.json, weights.pt, checkpoint.pt, finetune.json)")
     return 0
 
 
@@ -346,6 +435,7 @@ COMMANDS = {
     "profile": cmd_profile,
     "compress": cmd_compress,
     "sweep": cmd_sweep,
+    "finetune": cmd_finetune,
     "models": cmd_models,
 }
 

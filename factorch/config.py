@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from factorch.calibrate.config import as_calibration
 from factorch.rank import RankSelector, as_selector
 
 CONFIG_VERSION = 1
@@ -21,14 +22,18 @@ class MethodConfig:
             ``"energy:0.95"``, ``"params:0.25"``, ``"macs:0.33"``, or a selector from :mod:`factorch.rank`.
         allow_larger: keep a factorized layer even when it is not smaller (params and MACs) than the dense one.
         fold_bn: fold a BatchNorm that directly follows a conv into the conv before decomposing.
+        calibrate: a :class:`~factorch.CalibrationConfig` (or a number of samples): after factorizing, refit
+            the layers to the dense network's responses on ``calib_data`` (see ``factorch.compress``).
     """
 
     rank: Any = "vbmf"
     allow_larger: bool = False
     fold_bn: bool = False
+    calibrate: Any = None
     method: ClassVar[str] = ""
 
     def __post_init__(self) -> None:
+        self.calibrate = as_calibration(self.calibrate)
         as_selector(self.rank)  # validate early, with the selector's message
         if not isinstance(self.allow_larger, bool):
             raise TypeError(f"allow_larger must be a bool, got {self.allow_larger!r}")
@@ -42,6 +47,7 @@ class MethodConfig:
         rank = self.rank.to_json() if isinstance(self.rank, RankSelector) else self.rank
         body = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         body["rank"] = list(rank) if isinstance(rank, tuple) else rank
+        body["calibrate"] = None if self.calibrate is None else self.calibrate.to_dict()
         return {"type": type(self).__name__, "version": CONFIG_VERSION, **body}
 
     @staticmethod

@@ -24,6 +24,7 @@ class LayerReport:
     damage: float | None = None  # AutoConfig: the scored damage of this layer's choice
     latency_ratio: float | None = None  # measured after / before at the report's batch size
     latency_ratio_b1: float | None = None  # the same at batch 1
+    output_error: float | None = None  # after calibration: relative error of the layer's responses
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -109,8 +109,10 @@ def train(
     extra_state: dict | None = None,
     on_epoch_end: Callable[[int, dict], None] | None = None,
     show_progress: bool = True,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place with cross-entropy, saving ``out_dir/checkpoint.pt`` after every epoch.
+    """Train ``model`` in place with cross-entropy (or ``loss_fn(outputs, labels, inputs)``), saving
+    ``out_dir/checkpoint.pt`` after every epoch.
 
     The data order and the dataset's augmentation (via ``set_epoch``) are seeded per epoch, so a run
     interrupted and resumed with ``resume=True`` continues exactly where the checkpoint left it.
@@ -171,7 +173,10 @@ def train(
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 out = model(x)
-                loss = F.cross_entropy(out, y, label_smoothing=config.label_smoothing)
+                if loss_fn is None:
+                    loss = F.cross_entropy(out, y, label_smoothing=config.label_smoothing)
+                else:
+                    loss = loss_fn(out, y, x)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
