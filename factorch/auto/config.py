@@ -70,6 +70,10 @@ class AutoConfig:
             extra) for latency measurements.
         levels: per-layer cost fractions at which candidate ranks are taken for each method.
         calib_samples: calibration inputs used for the damage scores.
+        refine: rounds of in-context re-scoring: each candidate's damage is measured again with every other
+            layer replaced by its current choice, the knapsack is solved again, and the new choice is kept only
+            if the whole network's damage (measured, all layers replaced at once) is lower. Single-layer damages
+            add up poorly at strong compression; this corrects for their interaction. ``0``: off.
         keep_edges: leave the first conv and the final classifier dense.
         fold_bn: fold BatchNorms into the preceding convs before analysing.
         measure: measure the chosen layers' and the whole model's latency (batch 1 and ``batch_size``) and
@@ -92,6 +96,7 @@ class AutoConfig:
     runtime: str = "torch"
     levels: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.25, 0.33, 0.45, 0.6, 0.8)
     calib_samples: int = 256
+    refine: int = 1
     keep_edges: bool = True
     fold_bn: bool = False
     measure: bool = True
@@ -103,6 +108,9 @@ class AutoConfig:
     calibrate: Any = field(default=None)
 
     def __post_init__(self) -> None:
+        from factorch.calibrate.config import as_calibration
+
+        self.calibrate = as_calibration(self.calibrate)
         if self.target is None and self.max_accuracy_drop is None:
             raise ValueError("AutoConfig needs a target such as 'macs=0.33', or a max_accuracy_drop")
         self.parsed_target  # noqa: B018 - validates
@@ -126,6 +134,8 @@ class AutoConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ValueError(f"AutoConfig({name}=...) must be an int >= 1, got {value!r}")
+        if isinstance(self.refine, bool) or not isinstance(self.refine, numbers.Integral) or self.refine < 0:
+            raise ValueError(f"AutoConfig(refine=...) must be an int >= 0, got {self.refine!r}")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise ValueError(f"AutoConfig(threads=...) must be None or an int >= 1, got {self.threads!r}")
         self.levels = tuple(sorted(float(v) for v in self.levels))
@@ -153,9 +163,11 @@ class AutoConfig:
                 "runtime",
                 "levels",
                 "calib_samples",
+                "refine",
                 "keep_edges",
                 "fold_bn",
             )
         }
         body["methods"], body["levels"] = list(self.methods), list(self.levels)
+        body["calibrate"] = None if self.calibrate is None else self.calibrate.to_dict()
         return {"type": "AutoConfig", "version": AUTO_CONFIG_VERSION, **body}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import platform
 from collections.abc import Callable
@@ -37,6 +38,7 @@ from factorch.surgery import candidate_layers, conv_bn_pairs, fold_batchnorms, g
 # 200 ALS sweeps and the stabilising correction); a short ALS run ranks candidates by damage just as well.
 PROBE_OPTIONS: dict[str, dict[str, Any]] = {"cp": {"n_iter_max": 25, "stabilize": False}}
 _INTERPOLATED_MAX = 7  # ranks added between two scored neighbours
+FILL = 0.98  # a proposal other than the knapsack optimum must use at least this share of the budget
 
 
 @dataclass
@@ -111,6 +113,9 @@ class AutoSearch:
         self.skipped: dict[str, str] = {}
         self.stats: dict[str, Any] = {}
         self._problems: dict[tuple[str, str], tuple[Any, dict[str, Any]]] = {}
+        self._built: dict[tuple[str, str], nn.Module] = {}  # candidate layers, built once per analysis
+        self._damage_fn: Callable[..., float] | None = None
+        self._table: TableCache | None = None
         self._enumerate()
 
     # -- candidates -------------------------------------------------------------------------------------
@@ -169,6 +174,21 @@ class AutoSearch:
         return base / kind / f"{key[:40]}.json"
 
     # -- damage -----------------------------------------------------------------------------------------
+    def _damage(self) -> Callable[..., float]:
+        if self._damage_fn is None:
+            self._damage_fn = damage_function(self.model, self.calib, self.cfg.objective, self.eval_fn)
+        return self._damage_fn
+
+    def _replacement(self, lc: LayerChoices, c: Candidate) -> nn.Module:
+        """The candidate's factorized layer (probe-quality for CP), built once per analysis."""
+        key = (lc.name, c.key)
+        if key not in self._built:
+            cls = layer_class(c.method, lc.layer)
+            _, options = self._problems[(lc.name, c.method)]
+            opts = {**options, **PROBE_OPTIONS.get(c.method, {})}
+            self._built[key] = cls.from_dense(lc.layer, c.ranks, input_size=lc.input_size, **opts).eval()
+        return self._built[key]
+
     def score(self) -> None:
         cfg = self.cfg
         settings = {
@@ -179,28 +199,30 @@ class AutoSearch:
             "probe": PROBE_OPTIONS,
         }
         path = self._cache_path("sensitivity", fingerprint(self.model, self.calib, settings))
-        table = TableCache(path, settings)
+        table = self._table = TableCache(path, settings)
         todo = [(lc, c) for lc in self.layers for c in lc.candidates if table.get(f"{lc.name}|{c.key}") is None]
         self.stats.update(scored=len(todo), cached=sum(len(lc.candidates) for lc in self.layers) - len(todo))
         self.stats["cache_file"] = str(path) if path else None
         if todo:
-            damage = damage_function(self.model, self.calib, cfg.objective, self.eval_fn)
+            damage = self._damage()
             with progress_bar("scoring candidates", len(todo), enabled=cfg.progress) as advance:
                 current = None
                 for lc, c in todo:
                     if current is not None and current != lc.name:
                         table.flush()  # an interrupted analysis resumes from the last finished layer
                     current = lc.name
-                    cls = layer_class(c.method, lc.layer)
-                    _, options = self._problems[(lc.name, c.method)]
-                    opts = {**options, **PROBE_OPTIONS.get(c.method, {})}
-                    replacement = cls.from_dense(lc.layer, c.ranks, input_size=lc.input_size, **opts)
-                    table.put(f"{lc.name}|{c.key}", damage(lc.layer, replacement))
+                    table.put(f"{lc.name}|{c.key}", damage(lc.layer, self._replacement(lc, c)))
                     advance()
             table.flush()
         for lc in self.layers:
             for c in lc.candidates:
                 c.raw_damage = float(table.get(f"{lc.name}|{c.key}"))
+        self._settle()
+
+    def _settle(self) -> None:
+        """Scores to solver damages: non-increasing in rank per method, then interpolated ranks added."""
+        for lc in self.layers:
+            lc.candidates = [c for c in lc.candidates if c.measured]
             # more rank never hurts in expectation: a score above that of a smaller rank is noise
             for method in {c.method for c in lc.candidates}:
                 lowest = math.inf
@@ -209,6 +231,84 @@ class AutoSearch:
                     c.damage = lowest
         if self.kind != "latency":
             self._interpolate()
+
+    def _joint(self, choice: dict[str, Candidate | None]) -> float:
+        """The measured damage of ``choice`` with all its layers replaced at once (cached like the scores)."""
+        key = f"joint|{_choice_tag(choice)}"
+        if self._table.get(key) is None:
+            context = self._context(choice)
+            if not context:
+                return 0.0
+            layer, replacement = next(iter(context.items()))
+            self._table.put(key, self._damage()(layer, replacement, context))
+            self._table.flush()
+        return float(self._table.get(key))
+
+    def _total_cost(self, choice: dict[str, Candidate | None], fixed: float) -> float:
+        return fixed + sum(
+            _cost(self.kind, c) if c is not None else _dense_cost(self.kind, lc)
+            for lc in self.layers
+            for c in [choice[lc.name]]
+        )
+
+    def _context(self, choice: dict[str, Candidate | None]) -> dict[nn.Module, nn.Module]:
+        return {lc.layer: self._replacement(lc, choice[lc.name]) for lc in self.layers if choice.get(lc.name)}
+
+    def choose(self, fraction: float, total: float, fixed: float) -> tuple[dict[str, Candidate | None], float]:
+        """The choice to build: proposals measured together, all their layers replaced at once.
+
+        Proposals: the knapsack optimum of summed single-layer damages (:meth:`solve`), the minimax choice
+        (:meth:`solve_minimax`), then ``cfg.refine`` rounds of in-context re-scoring from the best so far: every
+        measured candidate of every layer is scored again with the other layers replaced by that choice (as
+        the increase over the layer left dense in the same context) and the knapsack is solved on those
+        damages. Single-layer damages add up poorly at strong compression; measuring the whole choice on the
+        calibration data settles it. Returns the proposal with the least measured damage and its predicted
+        damage; ``self.stats["proposals"]`` lists them all.
+        """
+        knapsack = self.solve(fraction, total, fixed)
+        proposals = [("knapsack", *knapsack)]
+        minimax = self.solve_minimax(fraction, total, fixed)
+        if minimax is not None and self._total_cost(minimax[0], fixed) >= FILL * fraction * total:
+            proposals.append(("minimax", *minimax))
+        if self.calib is None and self.eval_fn is None:
+            return knapsack
+        measured = [(self._joint(choice), name, choice, pred) for name, choice, pred in proposals]
+        best = min(measured, key=lambda m: m[0])
+        table = self._table
+        for round_ in range(1, self.cfg.refine + 1):
+            tag = _choice_tag(best[2])
+            context = self._context(best[2])
+            todo = [
+                (lc, c)
+                for lc in self.layers
+                for c in [None, *(c for c in lc.candidates if c.measured)]
+                if table.get(_ctx_key(tag, lc, c)) is None
+            ]
+            self.stats["refined"] = self.stats.get("refined", 0) + len(todo)
+            if todo:
+                damage = self._damage()
+                with progress_bar(f"refining (round {round_})", len(todo), enabled=self.cfg.progress) as advance:
+                    for lc, c in todo:
+                        replacement = None if c is None else self._replacement(lc, c)
+                        table.put(_ctx_key(tag, lc, c), damage(lc.layer, replacement, context))
+                        advance()
+                table.flush()
+            for lc in self.layers:
+                base = float(table.get(_ctx_key(tag, lc, None)))
+                for c in lc.candidates:
+                    if c.measured:
+                        c.raw_damage = max(0.0, float(table.get(_ctx_key(tag, lc, c))) - base)
+            self._settle()
+            choice, predicted = self.solve(fraction, total, fixed)
+            if self._total_cost(choice, fixed) < FILL * fraction * total:
+                break
+            measured.append((self._joint(choice), f"refined {round_}", choice, predicted))
+            if not measured[-1][0] < best[0]:
+                break
+            best = measured[-1]
+        self.stats["proposals"] = [{"proposal": m[1], "joint_damage": m[0], "predicted_damage": m[3]} for m in measured]
+        self.stats["chosen"] = best[1]
+        return best[2], best[3]
 
     def _interpolate(self) -> None:
         """Add ranks between scored neighbours (damage interpolated in cost) so budgets can be met closely.
@@ -246,7 +346,9 @@ class AutoSearch:
                         if not ca < cost < cb:
                             continue
                         w = (cost - ca) / (cb - ca)
-                        extra.append(Candidate(method, ranks, params, macs, (1 - w) * a.damage + w * b.damage, False))
+                        extra.append(
+                            Candidate(method, ranks, params, macs, (1 - w) * a.damage + w * b.damage, measured=False)
+                        )
             lc.candidates = sorted(lc.candidates + extra, key=lambda c: (c.method, c.macs))
 
     # -- latency ----------------------------------------------------------------------------------------
@@ -309,7 +411,7 @@ class AutoSearch:
     # -- solve ------------------------------------------------------------------------------------------
     def reference_total(self, model_latency_s: float | None = None) -> tuple[float, float]:
         """``(total cost of the dense model, cost outside the candidate layers)`` in the target's units."""
-        if self.kind == "latency":
+        if self.kind == "latency":  # model_latency_s: the analysed model's time
             inside = sum(lc.dense_latency_s for lc in self.layers)
             return model_latency_s, max(0.0, model_latency_s - inside)
         inside = sum(_dense_cost(self.kind, lc) for lc in self.layers)
@@ -322,36 +424,65 @@ class AutoSearch:
         ]
         return (fixed + sum(cheapest)) / total
 
+    def _options(self) -> tuple[list[list[Candidate | None]], list[list[float]], list[list[float]]]:
+        """Per layer: its options (``None`` = dense first), their costs and their damages."""
+        options = [[None, *lc.candidates] for lc in self.layers]
+        costs = [[_dense_cost(self.kind, lc)] + [_cost(self.kind, c) for c in lc.candidates] for lc in self.layers]
+        damages = [[0.0] + [c.damage for c in lc.candidates] for lc in self.layers]
+        return options, costs, damages
+
     def solve(self, fraction: float, total: float, fixed: float) -> tuple[dict[str, Candidate | None], float]:
         """The least-damage choice whose total cost is at most ``fraction * total``; returns it and its
         predicted damage. Raises ``ValueError`` when the target is out of reach."""
         budget = fraction * total - fixed
-        options = [[None, *lc.candidates] for lc in self.layers]
-        costs = [[_dense_cost(self.kind, lc)] + [_cost(self.kind, c) for c in lc.candidates] for lc in self.layers]
-        damages = [[0.0] + [c.damage for c in lc.candidates] for lc in self.layers]
+        options, costs, damages = self._options()
         floor = self.floor(total, fixed) * total
         if budget < 0 or (picks := solve_mckp(costs, damages, budget)) is None:
             raise ValueError(
                 f"target {self.kind}={fraction:g} is out of reach: the smallest candidates give "
-                f"{self.kind} x{floor / total:.3f} (add methods, lower levels, or set keep_edges=False)"
+                f"{self.kind} x{floor / total:.3f} (add methods, lower levels, fold_bn=True or keep_edges=False)"
             )
-        # spend what the rounding left over: move a layer to a costlier option that does no more damage,
-        # the one whose damage falls most first (then the costliest), until nothing fits
-        spent = sum(costs[g][o] for g, o in enumerate(picks))
-        while True:
-            best = None
-            for g, o in enumerate(picks):
-                for k, (cost, dmg) in enumerate(zip(costs[g], damages[g])):
-                    if cost <= costs[g][o] or dmg > damages[g][o] or spent - costs[g][o] + cost > budget:
-                        continue
-                    score = (damages[g][o] - dmg, cost - costs[g][o])
-                    if best is None or score > best[0]:
-                        best = (score, g, k)
-            if best is None:
-                break
-            _, g, k = best
-            spent += costs[g][k] - costs[g][picks[g]]
-            picks[g] = k
+        picks = _spend_leftover(picks, costs, damages, budget)
+        choice = {lc.name: options[g][picks[g]] for g, lc in enumerate(self.layers)}
+        return choice, sum(damages[g][o] for g, o in enumerate(picks))
+
+    def solve_minimax(
+        self, fraction: float, total: float, fixed: float
+    ) -> tuple[dict[str, Candidate | None], float] | None:
+        """The choice that keeps the largest single-layer damage least within the budget (the smallest threshold
+        such that every layer's cheapest option with at most that damage fits), and, among the options within
+        that threshold, the least total damage (the knapsack of :meth:`solve`). Spreads the damage evenly where
+        sums of damages mislead (in the spirit of ALDS, Liebenwein et al. 2021, which minimises the largest
+        per-layer error). ``None`` if out of reach.
+        """
+        budget = fraction * total - fixed
+        options, costs, damages = self._options()
+
+        def picks_at(tau: float) -> list[int]:
+            return [
+                min((k for k, d in enumerate(dmg) if d <= tau), key=lambda k, c=cost: (c[k], dmg[k]))
+                for cost, dmg in zip(costs, damages)
+            ]
+
+        levels = sorted({d for dmg in damages for d in dmg})
+        lo, hi = 0, len(levels) - 1
+        if sum(c[k] for c, k in zip(costs, picks_at(levels[hi]))) > budget:
+            return None
+        while lo < hi:  # the smallest threshold whose cheapest picks fit
+            mid = (lo + hi) // 2
+            if sum(c[k] for c, k in zip(costs, picks_at(levels[mid]))) <= budget:
+                hi = mid
+            else:
+                lo = mid + 1
+        # among the choices within that threshold, the least total damage (spends the budget like solve)
+        allowed = [[k for k, d in enumerate(dmg) if d <= levels[lo]] for dmg in damages]
+        sub = solve_mckp(
+            [[cost[k] for k in a] for cost, a in zip(costs, allowed)],
+            [[dmg[k] for k in a] for dmg, a in zip(damages, allowed)],
+            budget,
+        )
+        picks = picks_at(levels[lo]) if sub is None else [a[i] for a, i in zip(allowed, sub)]
+        picks = _spend_leftover(picks, costs, damages, budget)
         choice = {lc.name: options[g][picks[g]] for g, lc in enumerate(self.layers)}
         return choice, sum(damages[g][o] for g, o in enumerate(picks))
 
@@ -362,6 +493,36 @@ class AutoSearch:
                 rank = c.ranks[0] if len(c.ranks) == 1 else tuple(c.ranks)
                 layers[name] = config_for_method(c.method, rank=rank, fold_bn=self.cfg.fold_bn)
         return Plan(layers)
+
+
+def _spend_leftover(picks: list[int], costs: list[list[float]], damages: list[list[float]], budget: float) -> list[int]:
+    """Spend what a choice leaves of the budget: move a layer to a costlier option that does no more damage,
+    the one whose damage falls most first (then the costliest), until nothing fits."""
+    picks = list(picks)
+    spent = sum(costs[g][o] for g, o in enumerate(picks))
+    while True:
+        best = None
+        for g, o in enumerate(picks):
+            for k, (cost, dmg) in enumerate(zip(costs[g], damages[g])):
+                if cost <= costs[g][o] or dmg > damages[g][o] or spent - costs[g][o] + cost > budget:
+                    continue
+                score = (damages[g][o] - dmg, cost - costs[g][o])
+                if best is None or score > best[0]:
+                    best = (score, g, k)
+        if best is None:
+            return picks
+        _, g, k = best
+        spent += costs[g][k] - costs[g][picks[g]]
+        picks[g] = k
+
+
+def _choice_tag(choice: dict[str, Candidate | None]) -> str:
+    text = ";".join(f"{name}={c.key if c else '-'}" for name, c in sorted(choice.items()))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _ctx_key(tag: str, lc: LayerChoices, c: Candidate | None) -> str:
+    return f"ctx|{tag}|{lc.name}|{c.key if c is not None else 'dense'}"
 
 
 def _random_like(module: nn.Module) -> nn.Module:
@@ -456,15 +617,22 @@ def auto_compress(
         search.measure_candidates()
         from factorch.profiling import measure_latency
 
-        lat = measure_latency(model, inputs, batch_sizes=(cfg.batch_size,), repeats=20, threads=cfg.threads)
-        total, fixed = search.reference_total(lat.median(cfg.batch_size))
+        def timed(m: nn.Module) -> float:
+            return measure_latency(m, inputs, batch_sizes=(cfg.batch_size,), repeats=20, threads=cfg.threads).median(
+                cfg.batch_size
+            )
+
+        # the target is relative to the model as given; what the candidates leave is timed on the analysed
+        # model (BatchNorms folded when fold_bn=True)
+        total = timed(model)
+        _, fixed = search.reference_total(timed(search.model) if cfg.fold_bn else total)
     else:
         total, fixed = search.reference_total()
     reference = copy.deepcopy(model) if inplace else model
     base_score = float(eval_fn(reference)) if eval_fn is not None else None
 
     def build(fraction: float) -> tuple[nn.Module, CompressionReport, float]:
-        choice, predicted = search.solve(fraction, total, fixed)
+        choice, predicted = search.choose(fraction, total, fixed)
         built, report = compress(model, search.plan(choice), example_inputs=inputs, inplace=False)
         report.totals["predicted_damage"] = predicted
         for row in report.layers:
@@ -513,6 +681,13 @@ def auto_compress(
             goal = goal * fraction / ratio * (0.99 if target.kind == "latency" else 0.999)
         else:
             warnings.append(f"measured {target.kind} x{ratio:.3f} is above the target {fraction:g} after 3 attempts")
+    if cfg.calibrate is not None:
+        from factorch.api import _note_calibration
+        from factorch.calibrate import calibrate_
+
+        result = calibrate_(built, search.model, calib_data, config=cfg.calibrate)
+        report.totals["calibration"] = result.to_dict()
+        _note_calibration(report, result)
     if cfg.measure or target.kind == "latency":
         _measure(report, reference, built, inputs, search, repeats=max(20, cfg.latency_repeats))
     if eval_fn is not None:

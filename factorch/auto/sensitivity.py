@@ -6,7 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -92,12 +92,25 @@ class OutputScorer:
 
 @contextlib.contextmanager
 def substituted(layer: nn.Module, replacement: nn.Module) -> Iterator[None]:
-    """While active, ``layer``'s output is replaced by ``replacement`` applied to the same inputs."""
-    handle = layer.register_forward_hook(lambda _m, args, _out: replacement(*args))
+    """While active, ``layer`` computes ``replacement(*inputs)`` instead of its own forward (its hooks still
+    run); the dense computation is skipped, not done and discarded."""
+    state = vars(layer)  # not setattr: nn.Module would register the replacement as a child named "forward"
+    if "forward" in state:
+        raise ValueError(f"{type(layer).__name__} already has its forward substituted")
+    state["forward"] = replacement
     try:
         yield
     finally:
-        handle.remove()
+        del state["forward"]
+
+
+@contextlib.contextmanager
+def substituted_all(replacements: Mapping[nn.Module, nn.Module]) -> Iterator[None]:
+    """:func:`substituted` for several layers at once."""
+    with contextlib.ExitStack() as stack:
+        for layer, replacement in replacements.items():
+            stack.enter_context(substituted(layer, replacement))
+        yield
 
 
 def fingerprint(model: nn.Module, inputs: Tensor | None, settings: dict[str, Any]) -> str:
@@ -154,17 +167,26 @@ class TableCache:
 
 def damage_function(
     model: nn.Module, inputs: Tensor | None, objective: str, eval_fn: Callable[[nn.Module], float] | None
-) -> Callable[[nn.Module, nn.Module], float]:
-    """``damage(layer, replacement)``: the damage of running ``model`` with ``layer`` replaced.
+) -> Callable[..., float]:
+    """``damage(layer, replacement, context=None)``: the damage of running ``model`` with ``layer`` replaced
+    (and, when given, every other ``{layer: replacement}`` of ``context`` replaced too; ``replacement`` may be
+    ``None`` to score the context alone).
 
     With ``eval_fn`` (and objective ``"accuracy"``): ``eval_fn(model)`` before minus after (higher scores are
     better). Otherwise an :class:`OutputScorer` on ``inputs``.
     """
+
+    def replacements(layer, replacement, context) -> dict[nn.Module, nn.Module]:
+        subs = {k: v for k, v in (context or {}).items() if k is not layer}
+        if replacement is not None:
+            subs[layer] = replacement
+        return subs
+
     if eval_fn is not None and objective == "accuracy":
         base = float(eval_fn(model))
 
-        def by_metric(layer: nn.Module, replacement: nn.Module) -> float:
-            with substituted(layer, replacement), torch.no_grad():
+        def by_metric(layer: nn.Module, replacement: nn.Module | None, context=None) -> float:
+            with substituted_all(replacements(layer, replacement, context)), torch.no_grad():
                 return base - float(eval_fn(model))
 
         return by_metric
@@ -172,8 +194,8 @@ def damage_function(
         raise ValueError("AutoConfig needs calib_data (or eval_fn with objective='accuracy') to score layers")
     scorer = OutputScorer(model_outputs(model, inputs), objective)
 
-    def by_outputs(layer: nn.Module, replacement: nn.Module) -> float:
-        with substituted(layer, replacement):
+    def by_outputs(layer: nn.Module, replacement: nn.Module | None, context=None) -> float:
+        with substituted_all(replacements(layer, replacement, context)):
             return scorer(model_outputs(model, inputs))
 
     return by_outputs

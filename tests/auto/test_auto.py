@@ -1,3 +1,4 @@
+import copy
 import dataclasses
 
 import pytest
@@ -38,7 +39,9 @@ def calib():
     return torch.randn(48, 3, 8, 8, generator=torch.Generator().manual_seed(1))
 
 
-FAST = dict(methods=("tucker2", "svd", "spatial-svd"), levels=(0.1, 0.25, 0.5, 0.8), measure=False, progress=False)
+FAST = dict(
+    methods=("tucker2", "svd", "spatial-svd"), levels=(0.1, 0.25, 0.5, 0.8), measure=False, progress=False, refine=0
+)
 
 
 @pytest.mark.parametrize("target", ["macs=0.5", "params=0.4", "macs=0.3"])
@@ -60,12 +63,12 @@ def test_target_is_met_within_two_percent_and_never_above(target):
 
 
 def test_second_run_reuses_the_sensitivity_table(tmp_path):
-    cfg = AutoConfig("macs=0.5", cache_dir=str(tmp_path), **FAST)
+    cfg = AutoConfig("macs=0.5", cache_dir=str(tmp_path), **{**FAST, "refine": 1})
     _, first = factorch.compress(tiny_net(), cfg, example_inputs=X, calib_data=calib())
     _, second = factorch.compress(tiny_net(), cfg, example_inputs=X, calib_data=calib())
     s1, s2 = first.totals["sensitivity"], second.totals["sensitivity"]
-    assert s1["scored"] > 0 and s1["cached"] == 0
-    assert s2["scored"] == 0 and s2["cached"] == s1["scored"]
+    assert s1["scored"] > 0 and s1["cached"] == 0 and s1["refined"] > 0
+    assert s2["scored"] == 0 and s2["cached"] == s1["scored"] and s2["refined"] == 0  # refinement cached too
     assert [r.ranks for r in first.layers] == [r.ranks for r in second.layers]
     # other weights are another model: nothing is reused
     other = tiny_net()
@@ -120,7 +123,9 @@ def test_auto_beats_uniform_on_the_proxy():
     with torch.no_grad():  # make one layer nearly low-rank, so spending rank elsewhere pays off
         w = model[5].weight
         w.copy_(w * torch.linspace(0.01, 1, 48)[:, None, None, None])
-    auto, rep = factorch.compress(model, AutoConfig("macs=0.5", **FAST), example_inputs=X, calib_data=calib())
+    auto, rep = factorch.compress(
+        model, AutoConfig("macs=0.5", **{**FAST, "refine": 1}), example_inputs=X, calib_data=calib()
+    )
     uni, urep, _ = uniform_compress(model, "tucker2", "macs=0.5", example_inputs=X)
     assert urep.totals["macs_ratio"] <= 0.5
     x = calib()
@@ -240,3 +245,51 @@ def test_missing_calibration_and_unreachable_target_are_errors():
 def test_pareto_front():
     pts = [(0.5, 90.0), (0.3, 85.0), (0.4, 84.0), (0.2, 70.0), (0.6, 89.0)]
     assert pareto_front(pts) == [(0.2, 70.0), (0.3, 85.0), (0.5, 90.0)]
+
+
+def test_substitution_replaces_the_output_and_is_undone():
+    from factorch.auto.sensitivity import damage_function, substituted
+
+    model = tiny_net()
+    zero = nn.Conv2d(48, 64, 1)
+    nn.init.zeros_(zero.weight), nn.init.zeros_(zero.bias)
+    x = calib()
+    with substituted(model[7], zero), torch.no_grad():
+        assert torch.allclose(model[:9](x), torch.zeros(48, 64, 8, 8))  # the replacement's output, not the conv's
+    assert "forward" not in vars(model[7]) and "forward" not in dict(model[7].named_children())
+    damage = damage_function(model, x, "output", None)
+    same = copy.deepcopy(model[7])
+    assert damage(model[7], zero) > 1e-3 and damage(model[7], same) == pytest.approx(0.0, abs=1e-12)
+    # a context adds its substitutions; the scored layer's own entry in it is overridden
+    assert damage(model[2], None, {model[7]: zero}) == pytest.approx(damage(model[7], zero))
+    assert damage(model[7], same, {model[7]: zero}) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_minimax_choice_bounds_the_largest_damage_and_choose_measures_every_proposal():
+    cfg = AutoConfig("macs=0.4", **{**FAST, "refine": 1, "cache": False})
+    search = search_mod.AutoSearch(tiny_net(), cfg, (X,), calib(), None)
+    search.score()
+    total, fixed = search.reference_total()
+    knap, _ = search.solve(0.4, total, fixed)
+    mini, _ = search.solve_minimax(0.4, total, fixed)
+
+    def cost(choice):
+        return fixed + sum(c.macs if c else lc.dense_macs for lc in search.layers for c in [choice[lc.name]])
+
+    def worst(choice):
+        return max(c.damage if c else 0.0 for c in choice.values())
+
+    assert cost(mini) <= 0.4 * total and worst(mini) <= worst(knap) + 1e-15
+    assert search.solve_minimax(0.01, total, fixed) is None  # out of reach
+    choice, _ = search.choose(0.4, total, fixed)
+    proposals = search.stats["proposals"]
+    assert [p["proposal"] for p in proposals][:2] == ["knapsack", "minimax"] and len(proposals) >= 3
+    chosen = min(proposals, key=lambda p: p["joint_damage"])
+    assert search.stats["chosen"] == chosen["proposal"]
+    assert search._joint(choice) == pytest.approx(chosen["joint_damage"])
+    assert cost(choice) <= 0.4 * total
+
+
+def test_refine_must_be_a_non_negative_int():
+    with pytest.raises(ValueError, match="refine"):
+        AutoConfig("macs=0.5", refine=-1)
