@@ -1,0 +1,159 @@
+"""AutoConfig vs uniform compression at the same whole-model target, and latency targets, on pretrained models.
+
+For vgg and resnet20 (the shipped Fashion-MNIST weights), no fine-tuning, one process:
+
+* at ``macs=0.33``, for Tucker-2 and SVD: the uniform baseline (one per-layer MACs ratio for every layer, the
+  largest whose whole model meets the target: ``factorch.auto.uniform_compress``) vs ``AutoConfig`` restricted
+  to that method; then ``AutoConfig`` with all four methods;
+* ``params=0.25`` with all methods (target accuracy of the budget);
+* ``latency=0.5`` at batch 64 (2 threads): the measured whole-model latency ratio (median of paired runs,
+  ``factorch.compare_latency``-style alternation, 30 pairs) and each accepted layer's measured ratio.
+
+Accuracy is on the full Fashion-MNIST test set (10 000 images); candidates are scored on 256 training images.
+Run from the repository root (Fashion-MNIST from Debian's ``dataset-fashion-mnist``)::
+
+    .venv/bin/python benchmarks/auto_budget.py [--models vgg,resnet20]
+
+Writes ``benchmarks/results/auto_budget.{json,md}``; the sensitivity tables are cached (FACTORCH_CACHE).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+import factorch
+from factorch.auto import AutoConfig, uniform_compress
+from factorch.data import calibration_subset, fashion_mnist
+from factorch.train import evaluate
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", default="resnet20,vgg")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--methods", default="tucker2,svd", help="methods compared with their uniform baseline")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    train, test = fashion_mnist("train", augment=False), fashion_mnist("test")
+    calib = DataLoader(calibration_subset(train, 256), batch_size=128)
+    x = test[0][0][None]
+
+    def acc(m: torch.nn.Module) -> float:
+        return round(evaluate(m, test, show_progress=False)["accuracy"], 2)
+
+    out: dict = {
+        "setup": {
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "platform": platform.platform(),
+            "calibration": "256 Fashion-MNIST training images",
+            "accuracy": "Fashion-MNIST test set, 10 000 images, no fine-tuning",
+        },
+        "models": {},
+    }
+    for name in args.models.split(","):
+        model = factorch.models.create_model(name, pretrained=True).eval()
+        rows = []
+        res = {"dense_accuracy": acc(model), "rows": rows}
+        out["models"][name] = res
+        print(f"== {name}: dense {res['dense_accuracy']} %", flush=True)
+
+        def record(run: str, report, built, seconds: float, target: str | None = None) -> None:
+            t = report.totals
+            row = {
+                "run": run,
+                "target": target or t.get("target"),
+                "params_ratio": round(t["params_ratio"], 4),
+                "macs_ratio": round(t["macs_ratio"], 4),
+                "latency_ratio": round(t["latency_ratio"], 4) if t.get("latency_ratio") else None,
+                "latency_ratio_b1": round(t["latency_ratio_b1"], 4) if t.get("latency_ratio_b1") else None,
+                "max_layer_latency_ratio": max(
+                    (r.latency_ratio for r in report.layers if r.latency_ratio is not None), default=None
+                ),
+                "accuracy": acc(built),
+                "methods": sorted({r.method for r in report.layers if r.skipped is None}),
+                "layers_compressed": t["layers_compressed"],
+                "time_s": round(seconds, 1),
+                "sensitivity": t.get("sensitivity"),
+            }
+            rows.append(row)
+            print(json.dumps({k: v for k, v in row.items() if k != "sensitivity"}), flush=True)
+
+        for method in args.methods.split(","):
+            t0 = time.perf_counter()
+            built, report, _ = uniform_compress(model, method, "macs=0.33", example_inputs=x)
+            record(f"uniform {method}", report, built, time.perf_counter() - t0, "macs=0.33")
+            t0 = time.perf_counter()
+            cfg = AutoConfig("macs=0.33", methods=(method,), measure=False)
+            built, report = factorch.compress(model, cfg, example_inputs=x, calib_data=calib)
+            record(f"auto {method}", report, built, time.perf_counter() - t0)
+        for target in ("macs=0.33", "params=0.25"):
+            t0 = time.perf_counter()
+            built, report = factorch.compress(model, AutoConfig(target), example_inputs=x, calib_data=calib)
+            record("auto all methods", report, built, time.perf_counter() - t0)
+        for fold in (False, True):
+            t0 = time.perf_counter()
+            cfg = AutoConfig("latency=0.5", batch_size=64, threads=args.threads, latency_repeats=9, fold_bn=fold)
+            run = "auto all methods" + (", fold_bn" if fold else "")
+            try:
+                built, report = factorch.compress(model, cfg, example_inputs=x, calib_data=calib)
+            except ValueError as err:  # out of reach on this machine: say so, with the measured floor
+                res.setdefault("unreachable", []).append({"run": run, "target": cfg.target, "error": str(err)})
+                print(err, flush=True)
+                continue
+            record(run, report, built, time.perf_counter() - t0)
+            (RESULTS / f"auto_budget_{name}_latency{'_fold_bn' if fold else ''}.md").write_text(report.to_markdown())
+        write(out)
+
+
+def write(out: dict) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "auto_budget.json").write_text(json.dumps(out, indent=2) + "\n")
+    s = out["setup"]
+    lines = [
+        "# auto_budget: AutoConfig vs uniform compression (no fine-tuning)",
+        "",
+        f"torch {s['torch']}, {s['threads']} threads, {s['platform']}. Calibration: {s['calibration']}; "
+        f"accuracy: {s['accuracy']}. Latency ratios: compressed / dense, median of paired alternating runs "
+        "at batch 64 (and 1). MACs/params ratios: whole model.",
+        "",
+    ]
+    for name, res in out["models"].items():
+        lines += [
+            f"## {name} (dense {res['dense_accuracy']:.2f} %)",
+            "",
+            "| run | target | params x | MACs x | time x b64 | time x b1 | slowest layer x | accuracy % | methods "
+            "| s |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in res["rows"]:
+            cells = [
+                r["run"],
+                r["target"] or "-",
+                f"{r['params_ratio']:.3f}",
+                f"{r['macs_ratio']:.3f}",
+                f"{r['latency_ratio']:.3f}" if r["latency_ratio"] else "-",
+                f"{r['latency_ratio_b1']:.3f}" if r["latency_ratio_b1"] else "-",
+                f"{r['max_layer_latency_ratio']:.3f}" if r["max_layer_latency_ratio"] else "-",
+                f"{r['accuracy']:.2f}",
+                ", ".join(r["methods"]),
+                f"{r['time_s']:.0f}",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        for u in res.get("unreachable", []):
+            lines.append(f"* {u['run']} at `{u['target']}`: {u['error']}")
+        lines.append("")
+    (RESULTS / "auto_budget.md").write_text("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
