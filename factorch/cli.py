@@ -26,6 +26,7 @@ def _add_auto_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--round-to", type=int, default=1, help="ranks are multiples of this")
     p.add_argument("--runtime", default="torch", choices=["torch", "onnxruntime"], help="runtime timed for latency")
     p.add_argument("--calib", type=int, default=256, help="training images used to score candidate layers")
+    p.add_argument("--refine", type=int, default=1, help="rounds of in-context re-scoring of the chosen layers")
 
 
 def _auto_config(args: argparse.Namespace, target: str):
@@ -38,6 +39,7 @@ def _auto_config(args: argparse.Namespace, target: str):
         round_to=args.round_to,
         runtime=args.runtime,
         calib_samples=args.calib,
+        refine=args.refine,
         fold_bn=getattr(args, "fold_bn", False),
         threads=getattr(args, "threads", None),
     )
