@@ -16,22 +16,6 @@ from factorch.calibrate.config import CalibrationConfig
 from factorch.layers import FactorizedLayer
 from factorch.progress import progress_bar
 
-ELEMENTWISE = (
-    nn.BatchNorm1d,
-    nn.BatchNorm2d,
-    nn.ReLU,
-    nn.ReLU6,
-    nn.LeakyReLU,
-    nn.GELU,
-    nn.SiLU,
-    nn.Hardswish,
-    nn.Hardsigmoid,
-    nn.Sigmoid,
-    nn.Tanh,
-    nn.ELU,
-    nn.Identity,
-    nn.Dropout,
-)
 ACTIVATIONS = (
     nn.ReLU,
     nn.ReLU6,
@@ -44,6 +28,8 @@ ACTIVATIONS = (
     nn.Tanh,
     nn.ELU,
 )
+# modules applied position-wise after a layer, through which its responses can be fitted
+ELEMENTWISE = (nn.BatchNorm1d, nn.BatchNorm2d, nn.Identity, nn.Dropout, *ACTIVATIONS)
 
 
 class _Stop(Exception):
