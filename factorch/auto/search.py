@@ -214,9 +214,14 @@ class AutoSearch:
                     table.put(f"{lc.name}|{c.key}", damage(lc.layer, self._replacement(lc, c)))
                     advance()
             table.flush()
+        self._load_scores()
+
+    def _load_scores(self) -> None:
+        """Single-layer scores from the table onto the measured candidates, then :meth:`_settle`."""
         for lc in self.layers:
             for c in lc.candidates:
-                c.raw_damage = float(table.get(f"{lc.name}|{c.key}"))
+                if c.measured:
+                    c.raw_damage = float(self._table.get(f"{lc.name}|{c.key}"))
         self._settle()
 
     def _settle(self) -> None:
@@ -265,13 +270,11 @@ class AutoSearch:
         calibration data settles it. Returns the proposal with the least measured damage and its predicted
         damage; ``self.stats["proposals"]`` lists them all.
         """
-        knapsack = self.solve(fraction, total, fixed)
-        proposals = [("knapsack", *knapsack)]
+        self._load_scores()  # a previous call's refinement left in-context damages on the candidates
+        proposals = [("knapsack", *self.solve(fraction, total, fixed))]
         minimax = self.solve_minimax(fraction, total, fixed)
         if minimax is not None and self._total_cost(minimax[0], fixed) >= FILL * fraction * total:
             proposals.append(("minimax", *minimax))
-        if self.calib is None and self.eval_fn is None:
-            return knapsack
         measured = [(self._joint(choice), name, choice, pred) for name, choice, pred in proposals]
         best = min(measured, key=lambda m: m[0])
         table = self._table
