@@ -262,19 +262,25 @@ class AutoSearch:
     def choose(self, fraction: float, total: float, fixed: float) -> tuple[dict[str, Candidate | None], float]:
         """The choice to build: proposals measured together, all their layers replaced at once.
 
-        Proposals: the knapsack optimum of summed single-layer damages (:meth:`solve`), the minimax choice
-        (:meth:`solve_minimax`), then ``cfg.refine`` rounds of in-context re-scoring from the best so far: every
-        measured candidate of every layer is scored again with the other layers replaced by that choice (as
-        the increase over the layer left dense in the same context) and the knapsack is solved on those
-        damages. Single-layer damages add up poorly at strong compression; measuring the whole choice on the
-        calibration data settles it. Returns the proposal with the least measured damage and its predicted
-        damage; ``self.stats["proposals"]`` lists them all.
+        Proposals: the knapsack optimum of summed single-layer damages (:meth:`solve`), the "balanced" optimum
+        of summed squared damages, the minimax choice (:meth:`solve_minimax`), then ``cfg.refine`` rounds of
+        in-context re-scoring from the best so far: every measured candidate of every layer is scored again
+        with the other layers replaced by that choice (as the increase over the layer left dense in the same
+        context) and the knapsack is solved on those damages. Single-layer damages add up poorly at strong
+        compression; measuring the whole choice on the calibration data settles it. Returns the proposal with
+        the least measured damage and its predicted damage; ``self.stats["proposals"]`` lists them all.
         """
         self._load_scores()  # a previous call's refinement left in-context damages on the candidates
         proposals = [("knapsack", *self.solve(fraction, total, fixed))]
-        minimax = self.solve_minimax(fraction, total, fixed)
-        if minimax is not None and self._total_cost(minimax[0], fixed) >= FILL * fraction * total:
-            proposals.append(("minimax", *minimax))
+        others = [("balanced", self.solve(fraction, total, fixed, power=2.0))]
+        others.append(("minimax", self.solve_minimax(fraction, total, fixed)))
+        seen = {_choice_tag(proposals[0][1])}
+        for name, found in others:
+            if found is None or self._total_cost(found[0], fixed) < FILL * fraction * total:
+                continue
+            if (tag := _choice_tag(found[0])) not in seen:
+                seen.add(tag)
+                proposals.append((name, *found))
         measured = [(self._joint(choice), name, choice, pred) for name, choice, pred in proposals]
         best = min(measured, key=lambda m: m[0])
         table = self._table
@@ -434,18 +440,23 @@ class AutoSearch:
         damages = [[0.0] + [c.damage for c in lc.candidates] for lc in self.layers]
         return options, costs, damages
 
-    def solve(self, fraction: float, total: float, fixed: float) -> tuple[dict[str, Candidate | None], float]:
+    def solve(
+        self, fraction: float, total: float, fixed: float, power: float = 1.0
+    ) -> tuple[dict[str, Candidate | None], float]:
         """The least-damage choice whose total cost is at most ``fraction * total``; returns it and its
-        predicted damage. Raises ``ValueError`` when the target is out of reach."""
+        predicted damage (the plain sum). ``power`` > 1 minimises the sum of ``damage ** power`` instead, which
+        spreads the damage more evenly over the layers (between the sum and :meth:`solve_minimax`).
+        Raises ``ValueError`` when the target is out of reach."""
         budget = fraction * total - fixed
         options, costs, damages = self._options()
         floor = self.floor(total, fixed) * total
-        if budget < 0 or (picks := solve_mckp(costs, damages, budget)) is None:
+        weighted = damages if power == 1.0 else [[d**power for d in dmg] for dmg in damages]
+        if budget < 0 or (picks := solve_mckp(costs, weighted, budget)) is None:
             raise ValueError(
                 f"target {self.kind}={fraction:g} is out of reach: the smallest candidates give "
                 f"{self.kind} x{floor / total:.3f} (add methods, lower levels, fold_bn=True or keep_edges=False)"
             )
-        picks = _spend_leftover(picks, costs, damages, budget)
+        picks = _spend_leftover(picks, costs, weighted, budget)
         choice = {lc.name: options[g][picks[g]] for g, lc in enumerate(self.layers)}
         return choice, sum(damages[g][o] for g, o in enumerate(picks))
 
