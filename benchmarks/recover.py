@@ -7,7 +7,9 @@ four methods, candidates scored on 512 training images), one process:
 * **calibrated**: the same choice, then ``CalibrationConfig(n_samples=512)`` (asymmetric reconstruction of
   each layer's responses, layer after layer; no labels, no SGD over the network), with its wall time;
 * **+ distillation**: the calibrated model fine-tuned with ``factorch.finetune(..., teacher=dense)`` for
-  ``--epochs`` epochs (KD at T=4, alpha=0.9, SGD + cosine from lr 0.01), test accuracy after every epoch.
+  ``--epochs`` epochs (KD at T=4, alpha=0.9, SGD + cosine from lr 0.01), test accuracy after every epoch;
+* **CP only** (``--cp-epochs``, at the fine-tuning targets): the same with ``methods=("cp",)``, fine-tuned
+  for more epochs, to show that CP layers stay stable under the same recipe (accuracy per epoch).
 
 Accuracy is on the full Fashion-MNIST test set (10 000 images). Run from the repository root::
 
@@ -43,6 +45,7 @@ def main() -> None:
     parser.add_argument("--targets", default="0.33,0.25,0.2")
     parser.add_argument("--finetune-targets", default="0.33", help="targets whose calibrated model is fine-tuned")
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--cp-epochs", type=int, default=2, help="epochs of the CP-only rows (0: no such rows)")
     parser.add_argument("--samples", type=int, default=512, help="calibration samples")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--resume", action="store_true")
@@ -58,7 +61,8 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "platform": platform.platform(),
         "calibration": f"{args.samples} Fashion-MNIST training images (no labels)",
-        "finetune": f"{args.epochs} epoch(s) of distillation from the dense model, T=4, alpha=0.9, lr 0.01 cosine",
+        "finetune": f"{args.epochs} epoch(s) ({args.cp_epochs} for the CP-only rows) of distillation from the "
+        "dense model, T=4, alpha=0.9, lr 0.01 cosine",
     }
 
     def acc(m: torch.nn.Module) -> float:
@@ -68,19 +72,25 @@ def main() -> None:
         dense = factorch.models.create_model(name, pretrained=True).eval()
         res = out["models"].setdefault(name, {"dense_accuracy": acc(dense), "rows": {}})
         print(f"== {name}: dense {res['dense_accuracy']} %", flush=True)
-        for target in args.targets.split(","):
+        runs = [(t, "all", args.epochs) for t in args.targets.split(",")]
+        if args.cp_epochs:
+            runs += [(t, "cp", args.cp_epochs) for t in args.finetune_targets.split(",")]
+        for target, methods, epochs in runs:
             key = f"macs={float(target):g}"
-            row = res["rows"].get(key, {})
+            row_key = key if methods == "all" else f"{key} {methods}"
+            row = res["rows"].get(row_key, {})
             tune = target in args.finetune_targets.split(",")
             if row.get("done") and (not tune or row.get("finetune")):
                 continue
-            cfg = dict(methods=("tucker2", "cp", "svd", "spatial-svd"), calib_samples=args.samples, measure=False)
+            chosen = ("tucker2", "cp", "svd", "spatial-svd") if methods == "all" else tuple(methods.split("+"))
+            cfg = dict(methods=chosen, calib_samples=args.samples, measure=False)
             t0 = time.perf_counter()
             plain, report = factorch.compress(
                 dense, factorch.AutoConfig(key, **cfg), example_inputs=x, calib_data=calib
             )
             row.update(
                 target=key,
+                method_set=methods,
                 macs_ratio=round(report.totals["macs_ratio"], 4),
                 params_ratio=round(report.totals["params_ratio"], 4),
                 methods=sorted({r.method for r in report.layers if r.skipped is None}),
@@ -93,26 +103,26 @@ def main() -> None:
             )
             cal = report.totals["calibration"]
             row.update(calibrated_accuracy=acc(calibrated), calibration_s=round(cal["seconds"], 1), done=True)
-            res["rows"][key] = row
+            res["rows"][row_key] = row
             print(json.dumps(row), flush=True)
             write(out)
             if tune:
                 history: list[dict] = []
-                folder = RUNS / f"{name}-{key}"
+                folder = RUNS / f"{name}-{row_key.replace(' ', '-')}"
                 resume = (folder / "checkpoint.pt").is_file()
                 t0 = time.perf_counter()
                 factorch.finetune(
                     calibrated,
                     DataLoader(train, batch_size=128),
                     teacher=dense,
-                    epochs=args.epochs,
+                    epochs=epochs,
                     test_data=test,
                     out_dir=folder,
                     resume=resume,
                     history=history,
                 )
                 row["finetune"] = {
-                    "epochs": args.epochs,
+                    "epochs": epochs,
                     "per_epoch_accuracy": [round(h["test_accuracy"], 2) for h in history],
                     "seconds": round(time.perf_counter() - t0, 1),
                     "resumed": resume,
@@ -138,9 +148,9 @@ def write(out: dict) -> None:
         lines += [
             f"## {name} (dense {d:.2f} %)",
             "",
-            "| target | MACs x | params x | methods | plain % (loss) | calibrated % (loss) | calibration s "
+            "| target | search | MACs x | params x | methods | plain % (loss) | calibrated % (loss) | calibration s "
             "| + distillation % per epoch (loss) |",
-            "|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in res["rows"].values():
             ft = r.get("finetune")
@@ -150,7 +160,8 @@ def write(out: dict) -> None:
                 else "-"
             )
             lines.append(
-                f"| {r['target']} | {r['macs_ratio']:.3f} | {r['params_ratio']:.3f} | {', '.join(r['methods'])} "
+                f"| {r['target']} | {r.get('method_set', 'all')} | {r['macs_ratio']:.3f} | {r['params_ratio']:.3f} "
+                f"| {', '.join(r['methods'])} "
                 f"| {r['plain_accuracy']:.2f} ({d - r['plain_accuracy']:.2f}) "
                 f"| {r['calibrated_accuracy']:.2f} ({d - r['calibrated_accuracy']:.2f}) | {r['calibration_s']:.1f} "
                 f"| {tuned} |"
