@@ -31,6 +31,7 @@ from factorch.rank import MACRatioRank as MACRatioRank
 from factorch.rank import ParamRatioRank as ParamRatioRank
 from factorch.rank import VBMFRank as VBMFRank
 from factorch.report import CompressionReport as CompressionReport
+from factorch.stages import compress_in_stages as compress_in_stages
 from factorch.train import finetune as finetune
 
 __version__ = "0.1.0"
@@ -57,6 +58,7 @@ __all__ = [
     "compare_latency",
     "compress",
     "compress_",
+    "compress_in_stages",
     "data",
     "decompose",
     "layers",

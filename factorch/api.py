@@ -15,7 +15,15 @@ from factorch.layers import FactorizedLayer, NotFactorizable, layer_class
 from factorch.layers._spec import spec_of
 from factorch.layers.base import count_params, layer_geometry
 from factorch.report import CompressionReport, LayerReport
-from factorch.surgery import candidate_layers, conv_bn_pairs, fold_batchnorms, get_module, replace_module, trace_layers
+from factorch.surgery import (
+    candidate_layers,
+    conv_bn_pairs,
+    factorized_layers,
+    fold_batchnorms,
+    get_module,
+    replace_module,
+    trace_layers,
+)
 
 PLAN_ATTR = "_factorch_plan"  # on a compressed model: the folds applied (the layers describe themselves)
 
@@ -47,6 +55,27 @@ def _edge_layers(names: Sequence[str], model: nn.Module) -> set[str]:
     convs = [n for n in names if isinstance(modules[n], (nn.Conv1d, nn.Conv2d))]
     linears = [n for n in names if isinstance(modules[n], nn.Linear)]
     return {x for x in (convs[:1] + linears[-1:])}
+
+
+def factorized_row(name: str, layer: FactorizedLayer, input_shape: tuple[int, ...] | None) -> LayerReport:
+    """The report row of a layer that is already factorized: its dense layer's cost before, its own after."""
+    dense = layer.spec.dense(device="meta")
+    input_size, per_position = layer_geometry(dense, input_shape)
+    dense_params, dense_macs = FactorizedLayer.dense_cost(dense, input_size)
+    params, macs = type(layer).cost(layer.spec, layer.ranks, input_size, **layer.options)
+    return LayerReport(
+        name=name,
+        type=type(dense).__name__,
+        method=layer.method,
+        ranks=tuple(layer.ranks),
+        params_before=dense_params,
+        params_after=params,
+        macs_before=dense_macs * per_position,
+        macs_after=macs * per_position,
+    )
+
+
+ALREADY_FACTORIZED = "already factorized ({method} at ranks {ranks}): shrink it with compress_in_stages or recompress"
 
 
 def _weight_error(dense: nn.Module, layer: FactorizedLayer) -> float:
@@ -108,9 +137,16 @@ def compress(
         raise ValueError("calibrate=... needs calib_data (a tensor or DataLoader of calibration inputs)")
     inputs = _as_inputs(example_inputs)
     names_in_model = {n for n, _ in model.named_modules() if n}
+    units = {n + ".": n for n, _ in factorized_layers(model)}
     for name in plan.exact_names():
         if name not in names_in_model:
             get_module(model, name)  # raises with close matches
+        for prefix, outer in units.items():
+            if name.startswith(prefix):
+                raise ValueError(
+                    f"Plan names {name!r}, a stage inside the factorized layer {outer!r}: a factorized layer is "
+                    "shrunk as a unit (compress_in_stages, or its recompress method)"
+                )
     work = model if inplace else copy.deepcopy(model)
 
     before_totals = None
@@ -128,16 +164,24 @@ def compress(
     reference = copy.deepcopy(work) if calibrating else None  # the dense responses to reconstruct
     shapes = trace_layers(work, inputs) if inputs is not None else {}
     layers = list(candidate_layers(work))
-    if shapes:
-        order = {n: i for i, n in enumerate(shapes)}
-        layers.sort(key=lambda item: order.get(item[0], len(order)))
     edges = _edge_layers([n for n, _ in layers if n in shapes or not shapes], work) if keep_edges else set()
     for pattern_key, _ in plan._patterns:
         if not any(_.fullmatch(n) for n, _m in layers):
             raise ValueError(f"Plan pattern {pattern_key!r} matches no factorizable layer of the model")
+    layers += factorized_layers(work)  # reported as they are; their inner stages are never factorized alone
+    if shapes:
+        order = {n: i for i, n in enumerate(shapes)}
+        layers.sort(key=lambda item: order.get(item[0], len(order)))
 
     report = CompressionReport(config=plan.to_dict())
     for name, layer in layers:
+        if isinstance(layer, FactorizedLayer):
+            row = factorized_row(name, layer, shapes.get(name))
+            row.params_before, row.macs_before = row.params_after, row.macs_after  # left as it is
+            row.skipped = ALREADY_FACTORIZED.format(method=layer.method, ranks="x".join(map(str, layer.ranks)))
+            row.method = row.ranks = None
+            report.layers.append(row)
+            continue
         cfg, key = plan.resolve(name)
         row = LayerReport(name=name, type=type(layer).__name__)
         shape = shapes.get(name)
@@ -191,7 +235,8 @@ def compress(
         result = calibrate_(work, reference, calib_data, config=calibrating[0].calibrate, layers=names)
         report.totals["calibration"] = result.to_dict()
         _note_calibration(report, result)
-    setattr(work, PLAN_ATTR, {"folded_bn": [list(p) for p in folded]})
+    earlier = (getattr(work, PLAN_ATTR, None) or {}).get("folded_bn", [])  # a model compressed before
+    setattr(work, PLAN_ATTR, {"folded_bn": [list(p) for p in (*earlier, *folded)]})
     whole = None
     if inputs is not None:
         from factorch.profiling import profile

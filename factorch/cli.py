@@ -125,6 +125,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="refit the factorized layers to the dense responses on N training images (0: off)",
     )
     p.add_argument("--data-root", default=None)
+    p.add_argument(
+        "--stages",
+        type=int,
+        default=1,
+        metavar="K",
+        help="multi-stage (MUSCO): K rounds of compress + fine-tune, shrinking the factorized layers further each "
+        "round toward the target (geometric steps for --target macs=F or --rank macs:F; --rank vbmf is re-applied)",
+    )
+    p.add_argument(
+        "--finetune-epochs",
+        type=int,
+        default=None,
+        metavar="E",
+        help="distillation epochs on the training set after each stage (default: 1 with --stages > 1, else 0)",
+    )
+    p.add_argument("--finetune-lr", type=float, default=0.01, help="learning rate of the fine-tuning")
+    p.add_argument(
+        "--max-accuracy-drop",
+        type=float,
+        default=None,
+        metavar="D",
+        help="stages: stop, keeping the previous stage, when test accuracy falls more than D points",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the fine-tuning (stage i uses seed + i - 1)")
+    p.add_argument("--resume", action="store_true", help="continue the staged run in OUT/stages")
     _add_threads(p)
 
     p = sub.add_parser("finetune", help="fine-tune a compressed model, optionally distilling from the original")
@@ -289,6 +314,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
         raise ValueError("give exactly one of --method (with --rank) and --target (e.g. --target macs=0.33)")
     t0 = time.perf_counter()
     calibrate = factorch.CalibrationConfig(n_samples=args.calibrate) if args.calibrate else None
+    if args.stages != 1 or args.finetune_epochs or args.resume or args.max_accuracy_drop is not None:
+        return _compress_in_stages(args, model, x, calibrate, t0)
     if args.target is not None:
         config = _auto_config(args, args.target)
         config.calibrate = calibrate
@@ -308,6 +335,74 @@ def cmd_compress(args: argparse.Namespace) -> int:
         before = evaluate(model, test, description="evaluate dense")
         after = evaluate(compressed, test, description="evaluate compressed")
         report.totals.update(accuracy_before=round(before["accuracy"], 2), accuracy_after=round(after["accuracy"], 2))
+    _write_compressed(args, compressed, report)
+    return 0
+
+
+def _compress_in_stages(args: argparse.Namespace, model, x, calibrate, t0: float) -> int:
+    """``compress --stages K``: compress, fine-tune by distillation from the original, repeat."""
+    import factorch
+    from factorch.data import fashion_mnist
+    from factorch.train import evaluate
+
+    if args.stages < 1:
+        raise ValueError(f"--stages must be >= 1, got {args.stages}")
+    epochs = args.finetune_epochs if args.finetune_epochs is not None else (1 if args.stages > 1 else 0)
+    if epochs < 0:
+        raise ValueError(f"--finetune-epochs must be >= 0, got {epochs}")
+    if args.max_accuracy_drop is not None and args.no_eval:
+        raise ValueError("--max-accuracy-drop needs the test-accuracy evaluation: drop --no-eval")
+    if args.target is not None:
+        config = _auto_config(args, args.target)
+        config.calibrate = calibrate
+        calib = _calibration(args, max(config.calib_samples, args.calibrate))
+    else:
+        config = _method_config(args)
+        config.calibrate = calibrate
+        calib = _calibration(args, args.calibrate) if calibrate else None
+    out = Path(args.out)
+    train = fashion_mnist("train", args.data_root)
+    test = None if args.no_eval else fashion_mnist("test", args.data_root)
+    eval_fn = None if test is None else (lambda m: evaluate(m, test, show_progress=False)["accuracy"])
+
+    def report_stage(stage: int, record: dict) -> None:
+        score = record["score_finetuned"] if record["score_finetuned"] is not None else record["score_compressed"]
+        console.print(
+            f"stage {stage}/{args.stages} ({record['target']}): params x{record['params_ratio']:.3f}, MACs "
+            f"x{record['macs_ratio']:.3f}"
+            + (f", test accuracy {score:.2f} %" if score is not None else "")
+            + f" - {record['status']}"
+        )
+
+    compressed, report = factorch.compress_in_stages(
+        model,
+        config,
+        stages=args.stages,
+        train_data=train,
+        example_inputs=x,
+        calib_data=calib,
+        finetune_epochs=epochs,
+        eval_fn=eval_fn,
+        max_accuracy_drop=args.max_accuracy_drop,
+        checkpoint_dir=out / "stages",
+        resume=args.resume,
+        lr=args.finetune_lr,
+        seed=args.seed,
+        on_stage_end=report_stage,
+    )
+    report.totals["compress_time_s"] = round(time.perf_counter() - t0, 2)
+    if eval_fn is not None:
+        report.totals.update(
+            accuracy_before=round(report.totals["score_before"], 2),
+            accuracy_after=round(report.totals["score_after"], 2),
+        )
+    _write_compressed(args, compressed, report)
+    return 0
+
+
+def _write_compressed(args: argparse.Namespace, compressed, report) -> None:
+    import factorch
+
     out = Path(args.out)
     factorch.save(compressed, out)
     (out / "report.md").write_text(report.to_markdown())
@@ -329,7 +424,6 @@ def cmd_compress(args: argparse.Namespace) -> int:
     for warning in t.get("warnings", []):
         console.print(f"[yellow]warning:[/] {warning}")
     console.print(f"saved to {out} (plan.json, weights.pt, report.md, report.json)")
-    return 0
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:

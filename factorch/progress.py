@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 
+from rich.errors import LiveError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
@@ -22,6 +23,14 @@ def progress_bar(description: str, total: int | None, *, enabled: bool = True) -
         TextColumn("eta"),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, transient=False) as progress:
+    progress = Progress(*columns, transient=False)
+    try:
+        progress.start()
+    except LiveError:  # a bar is already showing and this rich version cannot nest them: stay quiet
+        yield lambda n=1: None
+        return
+    try:
         task = progress.add_task(description, total=total)
         yield lambda n=1: progress.advance(task, n)
+    finally:
+        progress.stop()

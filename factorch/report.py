@@ -55,6 +55,7 @@ class CompressionReport:
     layers: list[LayerReport] = field(default_factory=list)
     totals: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] | None = None
+    stages: list[dict[str, Any]] = field(default_factory=list)  # compress_in_stages: one entry per stage
 
     def finalize(self, whole_model: dict[str, int] | None = None) -> CompressionReport:
         done = [r for r in self.layers if r.skipped is None]
@@ -77,7 +78,41 @@ class CompressionReport:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return {"layers": [r.to_dict() for r in self.layers], "totals": dict(self.totals), "config": self.config}
+        out = {"layers": [r.to_dict() for r in self.layers], "totals": dict(self.totals), "config": self.config}
+        if self.stages:
+            out["stages"] = [dict(s) for s in self.stages]
+        return out
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> CompressionReport:
+        """The report that :meth:`to_dict` wrote (after a JSON round trip)."""
+        rows = []
+        for d in data.get("layers", []):
+            d = dict(d)
+            d["ranks"] = tuple(d["ranks"]) if d.get("ranks") is not None else None
+            rows.append(LayerReport(**d))
+        return CompressionReport(
+            rows, dict(data.get("totals", {})), data.get("config"), [dict(s) for s in data.get("stages", [])]
+        )
+
+    STAGE_HEADER = ["stage", "target", "params", "MACs", "score compressed", "score fine-tuned", "status"]
+
+    def _stage_rows(self) -> list[list[str]]:
+        def num(v, fmt: str) -> str:
+            return "-" if v is None else format(v, fmt)
+
+        return [
+            [
+                str(s.get("stage")),
+                s.get("target") or "-",
+                "x" + num(s.get("params_ratio"), ".3f"),
+                "x" + num(s.get("macs_ratio"), ".3f"),
+                num(s.get("score_compressed"), ".2f"),
+                num(s.get("score_finetuned"), ".2f"),
+                str(s.get("status", "")),
+            ]
+            for s in self.stages
+        ]
 
     def _rows(self) -> list[list[str]]:
         rows = []
@@ -151,6 +186,10 @@ class CompressionReport:
             lines.append("| " + " | ".join(c.replace("|", "/") for c in row) + " |")
         lines.append("")
         lines.append("MACs = multiply-accumulates; rel. error = ||W - W_approx|| / ||W|| of the layer weight.")
+        if self.stages:
+            lines += ["", "Stages (ratios relative to the original model):", ""]
+            lines += ["| " + " | ".join(self.STAGE_HEADER) + " |", "|" + "---|" * len(self.STAGE_HEADER)]
+            lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in self._stage_rows()]
         return "\n".join(lines) + "\n"
 
     def to_rich(self) -> Table:
@@ -171,4 +210,12 @@ class CompressionReport:
         return table
 
     def print(self, console: Console | None = None) -> None:
-        (console or Console()).print(self.to_rich())
+        console = console or Console()
+        console.print(self.to_rich())
+        if self.stages:
+            table = Table(title="stages (ratios relative to the original model)")
+            for h in self.STAGE_HEADER:
+                table.add_column(h, no_wrap=True)
+            for row in self._stage_rows():
+                table.add_row(*row)
+            console.print(table)

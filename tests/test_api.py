@@ -6,7 +6,8 @@ from torch import nn
 
 import factorch
 from factorch.config import config_for_method
-from factorch.layers import FactorizedLayer
+from factorch.layers import FactorizedLayer, Tucker2Conv
+from factorch.surgery import factorized_layers
 
 
 class Net(nn.Module):
@@ -224,3 +225,31 @@ def test_tt_compress_save_load_round_trip(tmp_path):
     loaded = factorch.load(tmp_path, base_model=TextNet())
     with torch.no_grad():
         assert torch.equal(model2(idx), loaded(idx))
+
+
+def test_already_factorized_layers_are_reported_and_never_factorized_inside(net, tmp_path):
+    once, _ = factorch.compress(net, factorch.Tucker2Config(rank=0.5), example_inputs=X)
+    factorized = dict(factorized_layers(once))
+    assert set(factorized) == {"conv2", "grouped", "seq"}  # pw (1x1) would not shrink
+    before = state(once)
+    twice, report = factorch.compress(once, factorch.SVDConfig(rank=0.5, fold_bn=True), example_inputs=X)
+    rows = {r.name: r for r in report.layers}
+    for name in factorized:
+        assert rows[name].skipped.startswith("already factorized (tucker2 at ranks")
+        assert (
+            rows[name].params_after == rows[name].params_before == sum(p.numel() for p in factorized[name].parameters())
+        )
+        assert type(twice.get_submodule(name)) is Tucker2Conv
+        assert all(type(m) in (nn.Conv1d, nn.Conv2d) for m in twice.get_submodule(name).children())
+    inside = tuple(n + "." for n in factorized)
+    assert not any(r.name.startswith(inside) for r in report.layers)  # the stages are not candidates
+    assert rows["hidden"].method == "svd"  # the dense layers are compressed as usual
+    assert all(torch.equal(v, before[k]) for k, v in once.state_dict().items())
+    with pytest.raises(ValueError, match="'conv2.core', a stage inside the factorized layer 'conv2'"):
+        factorch.compress(once, factorch.Plan({"conv2.core": factorch.SVDConfig(rank=2)}), example_inputs=X)
+    # BatchNorm folding is recorded on top of what the model had (none here), and the model loads back
+    assert [tuple(p) for p in twice._factorch_plan["folded_bn"]] == [("stem", "bn0")]  # bn2 follows a factorized conv
+    factorch.save(twice, tmp_path)
+    loaded = factorch.load(tmp_path, base_model=Net())
+    with torch.no_grad():
+        assert torch.equal(twice.eval()(X), loaded(X))

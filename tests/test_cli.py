@@ -90,3 +90,24 @@ def test_compress_writes_model_and_reports(fmnist_root, tmp_path, capsys):
 def test_compress_unknown_rank_is_an_error(capsys):
     assert main(["compress", "lenet5", "--method", "svd", "--rank", "lots", "--out", "/tmp/never", "--no-eval"]) == 2
     assert "cannot read rank" in capsys.readouterr().out
+
+
+def test_compress_in_stages_writes_the_history_and_resumes(fmnist_root, tmp_path, capsys):
+    out = tmp_path / "staged"
+    argv = ["compress", "lenet5", "--method", "svd", "--rank", "macs:0.5", "--stages", "2", "--finetune-epochs", "1",
+            "--data-root", str(fmnist_root), "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    assert "stage 2/2 (macs:0.5 per layer)" in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert [s["stage"] for s in report["stages"]] == [1, 2]
+    assert [s["status"] for s in report["stages"]] == ["accepted", "accepted"]
+    assert report["stages"][1]["macs_ratio"] < report["stages"][0]["macs_ratio"] < 1
+    assert len(report["stages"][0]["finetune"]) == 1 and "accuracy_after" in report["totals"]
+    assert (out / "stages" / "stage-1" / "plan.json").is_file()
+    assert "Stages" in (out / "report.md").read_text()
+    assert main(argv) == 2  # the folder holds a run: continue it or choose another
+    assert "--resume" in capsys.readouterr().out
+    assert main([*argv, "--resume"]) == 0  # finished: the same result at once
+    assert json.loads((out / "report.json").read_text())["stages"] == report["stages"]
+    assert main(["evaluate", str(out), "--data-root", str(fmnist_root), "--json"]) == 0
+    assert main([*argv[:7], "0", *argv[8:]]) == 2 and "--stages must be >= 1" in capsys.readouterr().out

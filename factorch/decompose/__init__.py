@@ -18,6 +18,7 @@ from factorch.decompose.svd import spatial_svd as spatial_svd
 from factorch.decompose.svd import spatial_svd_max_rank as spatial_svd_max_rank
 from factorch.decompose.svd import spatial_svd_reconstruct as spatial_svd_reconstruct
 from factorch.decompose.svd import truncated_svd as truncated_svd
+from factorch.decompose.svd import truncated_svd_of_product as truncated_svd_of_product
 from factorch.decompose.tt import TTMatrix as TTMatrix
 from factorch.decompose.tt import factorize_dim as factorize_dim
 from factorch.decompose.tt import tt_matrix as tt_matrix
@@ -25,6 +26,7 @@ from factorch.decompose.tt import tt_matrix_to_dense as tt_matrix_to_dense
 from factorch.decompose.tt import tt_max_ranks as tt_max_ranks
 from factorch.decompose.tucker import Tucker2 as Tucker2
 from factorch.decompose.tucker import tucker2 as tucker2
+from factorch.decompose.tucker import tucker2_of_tucker2 as tucker2_of_tucker2
 from factorch.decompose.tucker import tucker2_reconstruct as tucker2_reconstruct
 
 __all__ = [
@@ -45,9 +47,11 @@ __all__ = [
     "spatial_svd_max_rank",
     "spatial_svd_reconstruct",
     "truncated_svd",
+    "truncated_svd_of_product",
     "tt_matrix",
     "tt_matrix_to_dense",
     "tt_max_ranks",
     "tucker2",
+    "tucker2_of_tucker2",
     "tucker2_reconstruct",
 ]

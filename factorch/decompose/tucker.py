@@ -10,7 +10,7 @@ from torch import Tensor
 
 from factorch.decompose._common import as_float64, check_rank, check_seed, fix_column_signs, unfold
 
-__all__ = ["Tucker2", "tucker2", "tucker2_reconstruct"]
+__all__ = ["Tucker2", "tucker2", "tucker2_of_tucker2", "tucker2_reconstruct"]
 
 _INITS = ("svd", "random")
 
@@ -126,6 +126,64 @@ def tucker2(
 
     core = _project(_project(w, u_out, 0), u_in, 1)
     return Tucker2(core.contiguous(), u_out.contiguous(), u_in.contiguous())
+
+
+def tucker2_of_tucker2(
+    core: Tensor,
+    out_factor: Tensor,
+    in_factor: Tensor,
+    ranks: Sequence[int],
+    *,
+    n_iter_max: int = 100,
+    tol: float = 1e-6,
+) -> Tucker2:
+    """Tucker-2 at smaller ranks of the kernel ``core ×_0 out_factor ×_1 in_factor``, without forming it.
+
+    The factors need not be orthonormal (e.g. after fine-tuning). With the thin QR decompositions
+    ``out_factor = Q_o R_o`` and ``in_factor = Q_i R_i`` the kernel is ``(core ×_0 R_o ×_1 R_i) ×_0 Q_o ×_1 Q_i``;
+    :func:`tucker2` (HOSVD + HOOI) of the small rotated core, with its factors mapped back through the
+    orthonormal ``Q``'s, is the same iteration as :func:`tucker2` of the full kernel (the ``Q``'s change
+    neither the singular values nor the error), at the cost of the core's size. The new factors merge
+    into the layer's 1x1 convolutions, so the result is again one Tucker-2 layer (the MUSCO step).
+
+    Args:
+        core: shape ``(R_out, R_in, *spatial)``.
+        out_factor: shape ``(C_out, R_out)`` with ``R_out <= C_out``.
+        in_factor: shape ``(C_in, R_in)`` with ``R_in <= C_in``.
+        ranks: the new ``(R_out', R_in')``, at most ``(R_out, R_in)``.
+        n_iter_max: HOOI sweeps (see :func:`tucker2`).
+        tol: HOOI stopping tolerance (see :func:`tucker2`).
+
+    Returns:
+        ``Tucker2(core', out_factor', in_factor')`` in float64, with orthonormal factors of shapes
+        ``(C_out, R_out')`` and ``(C_in, R_in')``.
+
+    Raises:
+        ValueError: the shapes do not chain, a factor is wider than tall, or a rank is out of range.
+
+    References:
+        Gusak et al. 2019, "Automated multi-stage compression of neural networks" (MUSCO); De Lathauwer,
+        De Moor & Vandewalle 2000 (HOOI).
+    """
+    c = as_float64(core, "core", min_ndim=2)
+    u_out = as_float64(out_factor, "out_factor", ndim=2)
+    u_in = as_float64(in_factor, "in_factor", ndim=2)
+    if c.shape[0] != u_out.shape[1] or c.shape[1] != u_in.shape[1]:
+        raise ValueError(
+            f"core {tuple(c.shape)} does not match out_factor {tuple(u_out.shape)} and in_factor {tuple(u_in.shape)}"
+        )
+    for name, f in (("out_factor", u_out), ("in_factor", u_in)):
+        if f.shape[1] > f.shape[0]:
+            raise ValueError(f"{name} must have at most as many columns as rows, got shape {tuple(f.shape)}")
+    q_out, r_out = torch.linalg.qr(u_out)
+    q_in, r_in = torch.linalg.qr(u_in)
+    small = _project(_project(c, r_out.T, 0), r_in.T, 1)
+    t = tucker2(small, ranks, n_iter_max=n_iter_max, tol=tol)
+    out = q_out @ t.out_factor
+    inn = q_in @ t.in_factor
+    s_out, s_in = fix_column_signs(out), fix_column_signs(inn)
+    core_new = t.core * s_out.reshape(-1, *([1] * (t.core.ndim - 1))) * s_in.reshape(1, -1, *([1] * (t.core.ndim - 2)))
+    return Tucker2(core_new.contiguous(), (out * s_out).contiguous(), (inn * s_in).contiguous())
 
 
 def tucker2_reconstruct(core: Tensor, out_factor: Tensor, in_factor: Tensor) -> Tensor:

@@ -3,6 +3,7 @@ layer it replaces, so that it can be rebuilt without decomposing (for loading) a
 
 from __future__ import annotations
 
+import copy
 import math
 from collections import OrderedDict
 from typing import ClassVar
@@ -191,6 +192,67 @@ class FactorizedLayer(nn.Sequential):
             with torch.no_grad():
                 module._set_factors(layer)
         return module
+
+    def recompress(
+        self, rank: RankLike, *, input_size: tuple[int, ...] | None = None, name: str = ""
+    ) -> FactorizedLayer:
+        """This layer shrunk to smaller ranks as a unit, by its own method (multi-stage compression).
+
+        The result is a new layer of the same class approximating what this layer computes (``self`` is left
+        untouched). Tucker-2 decomposes its core and merges the new 1x1 factors into the outer 1x1 convs, the
+        SVD layers truncate their rank-``r`` product exactly (Eckart-Young), both without forming the dense
+        kernel; other methods decompose :meth:`to_dense` again. Inner stages are never factorized on their own.
+
+        Args:
+            rank: explicit ranks (an int or per-mode tuple, at most :attr:`ranks`), or a rule applied to this
+                layer as it stands: its current ranks are its full rank (a fraction ``0.5`` halves them; weakened
+                ``"vbmf:w"`` moves toward them, as in MUSCO), spectra come from its own kernel (``"vbmf"``,
+                ``"energy:0.95"``), and cost ratios (``"macs:0.25"``, ``"params:0.25"``) are of the dense layer
+                it replaces, as in :meth:`from_dense`. What a rule chooses never exceeds the current ranks.
+            input_size: spatial input size, for rank selectors that look at MACs.
+            name: the layer's name, for messages.
+
+        Raises:
+            ValueError: explicit ranks above the current ones, or invalid for the method.
+
+        References:
+            Gusak et al. 2019, "Automated multi-stage compression of neural networks" (MUSCO).
+        """
+        ranks = self._recompress_ranks(rank, input_size=input_size, name=name)
+        new = type(self).build(self.spec, ranks, device=self._device(), **self.options)
+        with torch.no_grad():
+            new._shrink_from(self)
+        return new
+
+    def _recompress_ranks(self, rank: RankLike, *, input_size, name: str) -> tuple[int, ...]:
+        label = name or type(self).__name__
+        cls, dense = type(self), self.to_dense()
+        if isinstance(rank, (int, tuple, list)) and not isinstance(rank, bool):
+            ranks = cls.resolve_ranks(dense, rank, input_size=input_size, name=label, **self.options)
+            if any(r > c for r, c in zip(ranks, self.ranks)):
+                raise ValueError(
+                    f"{label}: recompress takes ranks at most the layer's current ranks {self.ranks}, "
+                    f"got {tuple(ranks)}"
+                )
+            return tuple(ranks)
+        problem = cls.rank_problem(dense, input_size=input_size, name=label, **self.options)
+        problem.max_ranks = tuple(min(m, c) for m, c in zip(problem.max_ranks, self.ranks))
+        own = self.own_spectra()
+        if own is not None:
+            problem.spectra = own
+        return tuple(min(r, c) for r, c in zip(as_selector(rank)(problem), self.ranks))
+
+    def own_spectra(self) -> tuple[tuple[Spectrum, ...], ...] | None:
+        """Per mode, the spectra of this layer's own small matrices (e.g. the unfoldings of a Tucker-2 core),
+        which rank rules such as VBMF read when recompressing; ``None``: those of the dense kernel."""
+        return None
+
+    def _shrink_from(self, old: FactorizedLayer) -> None:
+        """Set this (smaller) layer's weights from ``old``; by default, decompose ``old``'s dense kernel."""
+        if tuple(old.ranks) == self.ranks:
+            self.load_state_dict(copy.deepcopy(old.state_dict()))
+            return
+        self._set_factors(old.to_dense())
 
     def to_dense(self) -> nn.Module:
         """A dense layer of the original type computing what this layer computes."""

@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from factorch.decompose import spatial_svd
+from factorch.decompose import spatial_svd, truncated_svd_of_product
 from factorch.layers._spec import ConvSpec
 from factorch.layers.base import FactorizedLayer, as_stages, copy_into, group_kernels, require_conv, svdvals
+from factorch.rank import Spectrum
 
 
 class SpatialSVDConv2d(FactorizedLayer):
@@ -58,6 +59,41 @@ class SpatialSVDConv2d(FactorizedLayer):
         copy_into(self.horizontal.weight, torch.cat([p.horizontal for p in parts]))
         if layer.bias is not None:
             self.horizontal.bias.copy_(layer.bias)
+
+    def _products(self) -> list[tuple[Tensor, Tensor]]:
+        """Per group, ``(left, right)`` with ``M[(c, i), (o, j)] = left @ right``, shapes ``(C_in * kh, r)`` and
+        ``(r, C_out * kw)``."""
+        g, out = self.spec.groups, []
+        verticals = self.vertical.weight.detach().double().chunk(g)
+        for v, h in zip(verticals, self.horizontal.weight.detach().double().chunk(g)):
+            r, c, kh, _ = v.shape
+            o, _, _, kw = h.shape
+            left = v[..., 0].permute(1, 2, 0).reshape(c * kh, r)
+            out.append((left, h[:, :, 0, :].permute(1, 0, 2).reshape(r, o * kw)))
+        return out
+
+    def own_spectra(self):
+        """Per group, the singular values of the rank-r product, as those of its r x r middle (MUSCO)."""
+        (r,) = self.ranks
+        return (tuple(Spectrum(truncated_svd_of_product(a, b, r).s, (r, r)) for a, b in self._products()),)
+
+    def _shrink_from(self, old: SpatialSVDConv2d) -> None:
+        """Exact truncation of each group's rank-r product ``M[(c, i), (o, j)]`` (as :func:`spatial_svd` of the
+        layer's kernel would give), without forming the kernel."""
+        r = self.ranks[0]
+        verticals, horizontals = [], []
+        for (left, right), v, h in zip(
+            old._products(), old.vertical.weight.chunk(self.spec.groups), old.horizontal.weight.chunk(self.spec.groups)
+        ):
+            c, kh, o, kw = v.shape[1], v.shape[2], h.shape[0], h.shape[3]
+            u, s, vh = truncated_svd_of_product(left, right, r)
+            root = s.sqrt()
+            verticals.append((u * root).T.reshape(r, c, kh, 1))
+            horizontals.append((root[:, None] * vh).reshape(r, o, 1, kw).transpose(0, 1))
+        copy_into(self.vertical.weight, torch.cat(verticals))
+        copy_into(self.horizontal.weight, torch.cat(horizontals))
+        if old.horizontal.bias is not None:
+            self.horizontal.bias.copy_(old.horizontal.bias)
 
     def reconstruct_weight(self) -> Tensor:
         g = self.spec.groups

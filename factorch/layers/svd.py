@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from factorch.decompose import truncated_svd
+from factorch.decompose import truncated_svd, truncated_svd_of_product
 from factorch.layers._spec import ConvSpec, LinearSpec
 from factorch.layers.base import (
     FactorizedLayer,
@@ -17,6 +17,7 @@ from factorch.layers.base import (
     require_conv,
     svdvals,
 )
+from factorch.rank import Spectrum
 
 
 def _split(u: Tensor, s: Tensor, vh: Tensor) -> tuple[Tensor, Tensor]:
@@ -65,6 +66,21 @@ class LowRankLinear(FactorizedLayer):
         copy_into(self.second.weight, left)
         if layer.bias is not None:
             self.second.bias.copy_(layer.bias)
+
+    def _shrink_from(self, old: LowRankLinear) -> None:
+        """Exact truncation of the rank-r product (QR of both factors, SVD of the r x r middle)."""
+        t = truncated_svd_of_product(old.second.weight.detach(), old.first.weight.detach(), self.ranks[0])
+        left, right = _split(*t)
+        copy_into(self.first.weight, right)
+        copy_into(self.second.weight, left)
+        if old.second.bias is not None:
+            self.second.bias.copy_(old.second.bias)
+
+    def own_spectra(self):
+        """The singular values of the rank-r product, as those of its r x r middle (MUSCO)."""
+        (r,) = self.ranks
+        s = truncated_svd_of_product(self.second.weight.detach(), self.first.weight.detach(), r).s
+        return ((Spectrum(s, (r, r)),),)
 
     def reconstruct_weight(self) -> Tensor:
         return self.second.weight.double() @ self.first.weight.double()
@@ -119,6 +135,31 @@ class SVDConv(FactorizedLayer):
         copy_into(self.second.weight, torch.cat(seconds))
         if layer.bias is not None:
             self.second.bias.copy_(layer.bias)
+
+    def _shrink_from(self, old: SVDConv) -> None:
+        """Exact truncation of each group's rank-r product (QR of both factors, SVD of the r x r middle)."""
+        spec, (r,), (r_old,) = self.spec, self.ranks, old.ranks
+        firsts, seconds = [], []
+        for a, b in zip(old.first.weight.double().chunk(spec.groups), old.second.weight.double().chunk(spec.groups)):
+            t = truncated_svd_of_product(b.reshape(b.shape[0], r_old), a.reshape(r_old, -1), r)
+            left, right = _split(*t)
+            firsts.append(right.reshape(r, *a.shape[1:]))
+            seconds.append(left.reshape(b.shape[0], r, *([1] * spec.dim)))
+        copy_into(self.first.weight, torch.cat(firsts))
+        copy_into(self.second.weight, torch.cat(seconds))
+        if old.second.bias is not None:
+            self.second.bias.copy_(old.second.bias)
+
+    def own_spectra(self):
+        """Per group, the singular values of the rank-r product, as those of its r x r middle (MUSCO)."""
+        spec, (r,) = self.spec, self.ranks
+        pairs = zip(self.first.weight.detach().chunk(spec.groups), self.second.weight.detach().chunk(spec.groups))
+        return (
+            tuple(
+                Spectrum(truncated_svd_of_product(b.reshape(b.shape[0], r), a.reshape(r, -1), r).s, (r, r))
+                for a, b in pairs
+            ),
+        )
 
     def reconstruct_weight(self) -> Tensor:
         spec, (r,) = self.spec, self.ranks

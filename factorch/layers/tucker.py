@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from factorch.decompose import tucker2
+from factorch.decompose import tucker2, tucker2_of_tucker2
 from factorch.decompose._common import unfold
 from factorch.layers._spec import ConvSpec
 from factorch.layers.base import (
@@ -17,6 +17,7 @@ from factorch.layers.base import (
     require_conv,
     svdvals,
 )
+from factorch.rank import Spectrum
 
 
 class Tucker2Conv(FactorizedLayer):
@@ -76,6 +77,49 @@ class Tucker2Conv(FactorizedLayer):
         copy_into(self.last.weight, torch.cat(lasts))
         if layer.bias is not None:
             self.last.bias.copy_(layer.bias)
+
+    def _shrink_from(self, old: Tucker2Conv) -> None:
+        """MUSCO: Tucker-2 of each group's core (after orthonormalising the 1x1 factors), the new factors
+        merged into the outer 1x1 convs; equal to Tucker-2 of the dense kernel, without forming it."""
+        ones = [1] * self.spec.dim
+        g = self.spec.groups
+        firsts, cores, lasts = [], [], []
+        for a, c, b in zip(
+            old.first.weight.double().chunk(g), old.core.weight.double().chunk(g), old.last.weight.double().chunk(g)
+        ):
+            t = tucker2_of_tucker2(
+                c,
+                b.reshape(b.shape[0], b.shape[1]),
+                a.reshape(a.shape[0], a.shape[1]).T,
+                self.ranks,
+                n_iter_max=int(self.options.get("n_iter_max", 100)),
+            )
+            firsts.append(t.in_factor.T.reshape(t.in_factor.shape[1], t.in_factor.shape[0], *ones))
+            cores.append(t.core)
+            lasts.append(t.out_factor.reshape(*t.out_factor.shape, *ones))
+        copy_into(self.first.weight, torch.cat(firsts))
+        copy_into(self.core.weight, torch.cat(cores))
+        copy_into(self.last.weight, torch.cat(lasts))
+        if old.last.bias is not None:
+            self.last.bias.copy_(old.last.bias)
+
+    def own_spectra(self):
+        """Per mode and group, the singular values of the core's unfoldings once the 1x1 factors are
+        orthonormalised (QR): what MUSCO's VBMF reads to shrink a Tucker-2 layer again."""
+        g = self.spec.groups
+        modes: tuple[list, list] = ([], [])
+        for a, c, b in zip(
+            self.first.weight.detach().double().chunk(g),
+            self.core.weight.detach().double().chunk(g),
+            self.last.weight.detach().double().chunk(g),
+        ):
+            r_out = torch.linalg.qr(b.reshape(b.shape[0], b.shape[1]))[1]
+            r_in = torch.linalg.qr(a.reshape(a.shape[0], a.shape[1]).T)[1]
+            small = torch.einsum("ap,pq...,bq->ab...", r_out, c, r_in)
+            for mode in (0, 1):
+                matrix = unfold(small, mode)
+                modes[mode].append(Spectrum(torch.linalg.svdvals(matrix), (matrix.shape[0], matrix.shape[1])))
+        return (tuple(modes[0]), tuple(modes[1]))
 
     def reconstruct_weight(self) -> Tensor:
         g = self.spec.groups

@@ -3,6 +3,7 @@
 from factorch.surgery.modules import add_zero_bias as add_zero_bias
 from factorch.surgery.modules import candidate_layers as candidate_layers
 from factorch.surgery.modules import conv_bn_pairs as conv_bn_pairs
+from factorch.surgery.modules import factorized_layers as factorized_layers
 from factorch.surgery.modules import fold_batchnorms as fold_batchnorms
 from factorch.surgery.modules import fold_bn_into_conv as fold_bn_into_conv
 from factorch.surgery.modules import get_module as get_module
@@ -13,6 +14,7 @@ __all__ = [
     "add_zero_bias",
     "candidate_layers",
     "conv_bn_pairs",
+    "factorized_layers",
     "fold_batchnorms",
     "fold_bn_into_conv",
     "get_module",

@@ -8,6 +8,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from factorch.layers import FactorizedLayer
+
 FACTORIZABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding)
 
 
@@ -36,11 +38,28 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
 
 
 def candidate_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
-    """Named layers of the types factorch factorizes, plus other leaf layers with weights (to report)."""
+    """Named dense layers of the types factorch factorizes (exact type match).
+
+    The stages inside a :class:`~factorch.layers.FactorizedLayer` are parts of one factorization, never
+    candidates of their own: a factorized layer is shrunk as a unit (``recompress``), see
+    :func:`factorized_layers`.
+    """
+    inside: tuple[str, ...] = ()
     for name, module in model.named_modules():
-        if not name:
+        if not name or name.startswith(inside):
             continue
-        if type(module) in FACTORIZABLE:
+        if isinstance(module, FactorizedLayer):
+            inside = (*inside, name + ".")
+        elif type(module) in FACTORIZABLE:
+            yield name, module
+
+
+def factorized_layers(model: nn.Module) -> Iterator[tuple[str, FactorizedLayer]]:
+    """Named factorized layers of ``model`` (the outermost ones; their stages are not listed)."""
+    inside: tuple[str, ...] = ()
+    for name, module in model.named_modules():
+        if name and not name.startswith(inside) and isinstance(module, FactorizedLayer):
+            inside = (*inside, name + ".")
             yield name, module
 
 
@@ -104,11 +123,16 @@ def _conv_bn_pairs_sequential(model: nn.Module) -> list[tuple[str, str]]:
 
 
 def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
-    """``(conv name, batchnorm name)`` for every BatchNorm fed only by a conv (torch.fx, else Sequential order)."""
+    """``(conv name, batchnorm name)`` for every BatchNorm fed only by a conv (torch.fx, else Sequential order).
+
+    Convs inside a factorized layer are left out: its structure is rebuilt from its description when loading.
+    """
     try:
-        return _conv_bn_pairs_fx(model)
+        pairs = _conv_bn_pairs_fx(model)
     except Exception:  # noqa: BLE001 - models fx cannot trace fall back to Sequential adjacency
-        return _conv_bn_pairs_sequential(model)
+        pairs = _conv_bn_pairs_sequential(model)
+    inside = tuple(name + "." for name, _ in factorized_layers(model))
+    return [(conv, bn) for conv, bn in pairs if not conv.startswith(inside)]
 
 
 def fold_bn_into_conv(conv: nn.Module, bn: nn.Module) -> None:
