@@ -263,10 +263,11 @@ class AutoSearch:
         """The choice to build: proposals measured together, all their layers replaced at once.
 
         Proposals: the knapsack optimum of summed single-layer damages (:meth:`solve`), the "balanced" optimum
-        of summed squared damages, the minimax choice (:meth:`solve_minimax`), then ``cfg.refine`` rounds of
-        in-context re-scoring from the best so far: every measured candidate of every layer is scored again
-        with the other layers replaced by that choice (as the increase over the layer left dense in the same
-        context) and the knapsack is solved on those damages. Single-layer damages add up poorly at strong
+        of summed squared damages, the minimax choice (:meth:`solve_minimax`), with several methods the
+        knapsack optimum of each method alone, then ``cfg.refine`` rounds of in-context re-scoring from the
+        best so far: every measured candidate of every layer is scored again with the other layers replaced by
+        that choice (as the increase over the layer left dense in the same context) and the knapsack is solved
+        on those damages. Single-layer damages add up poorly at strong
         compression; measuring the whole choice on the calibration data settles it. Returns the proposal with
         the least measured damage and its predicted damage; ``self.stats["proposals"]`` lists them all.
         """
@@ -274,6 +275,12 @@ class AutoSearch:
         proposals = [("knapsack", *self.solve(fraction, total, fixed))]
         others = [("balanced", self.solve(fraction, total, fixed, power=2.0))]
         others.append(("minimax", self.solve_minimax(fraction, total, fixed)))
+        methods = sorted({c.method for lc in self.layers for c in lc.candidates})
+        for method in methods if len(methods) > 1 else ():  # mixing methods is a choice to check, not a given
+            try:
+                others.append((f"knapsack {method} only", self.solve(fraction, total, fixed, method=method)))
+            except ValueError:  # this method alone cannot reach the target
+                pass
         seen = {_choice_tag(proposals[0][1])}
         for name, found in others:
             if found is None or self._total_cost(found[0], fixed) < FILL * fraction * total:
@@ -433,22 +440,28 @@ class AutoSearch:
         ]
         return (fixed + sum(cheapest)) / total
 
-    def _options(self) -> tuple[list[list[Candidate | None]], list[list[float]], list[list[float]]]:
-        """Per layer: its options (``None`` = dense first), their costs and their damages."""
-        options = [[None, *lc.candidates] for lc in self.layers]
-        costs = [[_dense_cost(self.kind, lc)] + [_cost(self.kind, c) for c in lc.candidates] for lc in self.layers]
-        damages = [[0.0] + [c.damage for c in lc.candidates] for lc in self.layers]
+    def _options(
+        self, method: str | None = None
+    ) -> tuple[list[list[Candidate | None]], list[list[float]], list[list[float]]]:
+        """Per layer: its options (``None`` = dense first, then the candidates of ``method`` or of all methods),
+        their costs and their damages."""
+        options = [[None, *(c for c in lc.candidates if method in (None, c.method))] for lc in self.layers]
+        costs = [
+            [_dense_cost(self.kind, lc)] + [_cost(self.kind, c) for c in o[1:]] for lc, o in zip(self.layers, options)
+        ]
+        damages = [[0.0] + [c.damage for c in o[1:]] for o in options]
         return options, costs, damages
 
     def solve(
-        self, fraction: float, total: float, fixed: float, power: float = 1.0
+        self, fraction: float, total: float, fixed: float, power: float = 1.0, method: str | None = None
     ) -> tuple[dict[str, Candidate | None], float]:
         """The least-damage choice whose total cost is at most ``fraction * total``; returns it and its
         predicted damage (the plain sum). ``power`` > 1 minimises the sum of ``damage ** power`` instead, which
-        spreads the damage more evenly over the layers (between the sum and :meth:`solve_minimax`).
-        Raises ``ValueError`` when the target is out of reach."""
+        spreads the damage more evenly over the layers (between the sum and :meth:`solve_minimax`);
+        ``method`` restricts the choice to that method's candidates. Raises ``ValueError`` when the target is
+        out of reach."""
         budget = fraction * total - fixed
-        options, costs, damages = self._options()
+        options, costs, damages = self._options(method)
         floor = self.floor(total, fixed) * total
         weighted = damages if power == 1.0 else [[d**power for d in dmg] for dmg in damages]
         if budget < 0 or (picks := solve_mckp(costs, weighted, budget)) is None:

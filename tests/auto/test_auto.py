@@ -281,9 +281,25 @@ def test_minimax_choice_bounds_the_largest_damage_and_choose_measures_every_prop
 
     assert cost(mini) <= 0.4 * total and worst(mini) <= worst(knap) + 1e-15
     assert search.solve_minimax(0.01, total, fixed) is None  # out of reach
+    balanced, _ = search.solve(0.4, total, fixed, power=2.0)
+    only = {}
+    for m in FAST["methods"]:
+        try:
+            only[m] = search.solve(0.4, total, fixed, method=m)[0]
+        except ValueError:  # out of reach with this method alone
+            pass
+    assert len(only) >= 2
+    assert all(c is None or c.method == m for m, o in only.items() for c in o.values())
     choice, _ = search.choose(0.4, total, fixed)
     proposals = search.stats["proposals"]
-    assert [p["proposal"] for p in proposals][:2] == ["knapsack", "minimax"] and len(proposals) >= 3
+    names = [p["proposal"] for p in proposals]
+    # every distinct proposal is measured once, the knapsack first, then the refinement
+    distinct = {search_mod._choice_tag(c) for c in (knap, balanced, mini, *only.values())}
+    assert names[0] == "knapsack" and names[-1] == "refined 1"
+    assert len(names) == len(distinct) + 1 and len(set(names)) == len(names)
+    assert set(names) <= {"knapsack", "balanced", "minimax", "refined 1"} | {
+        f"knapsack {m} only" for m in FAST["methods"]
+    }
     chosen = min(proposals, key=lambda p: p["joint_damage"])
     assert search.stats["chosen"] == chosen["proposal"]
     assert search._joint(choice) == pytest.approx(chosen["joint_damage"])
