@@ -64,26 +64,25 @@ class Tucker2Conv(FactorizedLayer):
             **options,
         )
 
-    def _set_factors(self, layer: nn.Module) -> None:
+    def _load(self, parts: list, bias: Tensor | None) -> None:
+        """Copy one Tucker-2 result per group into the three convs (and the bias into the last)."""
         ones = [1] * self.spec.dim
-        firsts, cores, lasts = [], [], []
-        for w in group_kernels(layer.weight, self.spec.groups):
-            t = tucker2(w, self.ranks, n_iter_max=int(self.options.get("n_iter_max", 100)))
-            firsts.append(t.in_factor.T.reshape(t.in_factor.shape[1], t.in_factor.shape[0], *ones))
-            cores.append(t.core)
-            lasts.append(t.out_factor.reshape(*t.out_factor.shape, *ones))
-        copy_into(self.first.weight, torch.cat(firsts))
-        copy_into(self.core.weight, torch.cat(cores))
-        copy_into(self.last.weight, torch.cat(lasts))
-        if layer.bias is not None:
-            self.last.bias.copy_(layer.bias)
+        copy_into(self.first.weight, torch.cat([t.in_factor.T.reshape(*t.in_factor.shape[::-1], *ones) for t in parts]))
+        copy_into(self.core.weight, torch.cat([t.core for t in parts]))
+        copy_into(self.last.weight, torch.cat([t.out_factor.reshape(*t.out_factor.shape, *ones) for t in parts]))
+        if bias is not None:
+            self.last.bias.copy_(bias)
+
+    def _set_factors(self, layer: nn.Module) -> None:
+        n_iter_max = int(self.options.get("n_iter_max", 100))
+        parts = [tucker2(w, self.ranks, n_iter_max=n_iter_max) for w in group_kernels(layer.weight, self.spec.groups)]
+        self._load(parts, layer.bias)
 
     def _shrink_from(self, old: Tucker2Conv) -> None:
         """MUSCO: Tucker-2 of each group's core (after orthonormalising the 1x1 factors), the new factors
         merged into the outer 1x1 convs; equal to Tucker-2 of the dense kernel, without forming it."""
-        ones = [1] * self.spec.dim
         g = self.spec.groups
-        firsts, cores, lasts = [], [], []
+        parts = []
         for a, c, b in zip(
             old.first.weight.double().chunk(g), old.core.weight.double().chunk(g), old.last.weight.double().chunk(g)
         ):
@@ -94,14 +93,8 @@ class Tucker2Conv(FactorizedLayer):
                 self.ranks,
                 n_iter_max=int(self.options.get("n_iter_max", 100)),
             )
-            firsts.append(t.in_factor.T.reshape(t.in_factor.shape[1], t.in_factor.shape[0], *ones))
-            cores.append(t.core)
-            lasts.append(t.out_factor.reshape(*t.out_factor.shape, *ones))
-        copy_into(self.first.weight, torch.cat(firsts))
-        copy_into(self.core.weight, torch.cat(cores))
-        copy_into(self.last.weight, torch.cat(lasts))
-        if old.last.bias is not None:
-            self.last.bias.copy_(old.last.bias)
+            parts.append(t)
+        self._load(parts, old.last.bias)
 
     def own_spectra(self):
         """Per mode and group, the singular values of the core's unfoldings once the 1x1 factors are
