@@ -40,7 +40,7 @@ def _auto_config(args: argparse.Namespace, target: str):
         runtime=args.runtime,
         calib_samples=args.calib,
         refine=args.refine,
-        fold_bn=getattr(args, "fold_bn", False),
+        fold_bn=getattr(args, "fold_bn", None),  # None: folded for latency targets
         threads=getattr(args, "threads", None),
     )
 
@@ -112,7 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="vbmf | vbmf:W | energy:0.95 | params:0.25 | macs:0.33 | a fraction like 0.5 | an int like 16",
     )
     p.add_argument("--form", default="4", choices=["4", "3"], help="CP form (4 factors or MobileNet-like 3)")
-    p.add_argument("--fold-bn", action="store_true", help="fold BatchNorm into the preceding conv first")
+    p.add_argument(
+        "--fold-bn",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="fold BatchNorm into the preceding conv first (default: only for --target latency=F)",
+    )
     p.add_argument("--allow-larger", action="store_true", help="keep layers that do not get smaller")
     p.add_argument("--input-shape", type=_parse_shape, default=(1, 1, 28, 28))
     p.add_argument("--out", required=True, help="folder for the compressed model, report.md and report.json")
@@ -286,7 +291,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 def _method_config(args: argparse.Namespace):
     from factorch.config import config_for_method
 
-    options = {"rank": _rank_arg(args.rank), "fold_bn": args.fold_bn, "allow_larger": args.allow_larger}
+    options = {"rank": _rank_arg(args.rank), "fold_bn": bool(args.fold_bn), "allow_larger": args.allow_larger}
     if args.method == "cp":
         options["form"] = args.form
     return config_for_method(args.method, **options)

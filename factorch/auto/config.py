@@ -75,7 +75,10 @@ class AutoConfig:
             if the whole network's damage (measured, all layers replaced at once) is lower. Single-layer damages
             add up poorly at strong compression; this corrects for their interaction. ``0``: off.
         keep_edges: leave the first conv and the final classifier dense.
-        fold_bn: fold BatchNorms into the preceding convs before analysing.
+        fold_bn: fold BatchNorms into the preceding convs before analysing (exact at inference; the compressed
+            convs then carry the BatchNorm's scale and shift and the BatchNorm becomes an identity). ``None``
+            (default): folded for latency targets, where a separate BatchNorm pass is time the budget pays
+            for, and not for MACs / parameter targets.
         measure: measure the chosen layers' and the whole model's latency (batch 1 and ``batch_size``) and
             add it to the report (always done for latency targets).
         threads: torch threads while timing (``None``: leave as is).
@@ -98,7 +101,7 @@ class AutoConfig:
     calib_samples: int = 256
     refine: int = 1
     keep_edges: bool = True
-    fold_bn: bool = False
+    fold_bn: bool | None = None
     measure: bool = True
     threads: int | None = None
     latency_repeats: int = 7
@@ -113,7 +116,10 @@ class AutoConfig:
         self.calibrate = as_calibration(self.calibrate)
         if self.target is None and self.max_accuracy_drop is None:
             raise ValueError("AutoConfig needs a target such as 'macs=0.33', or a max_accuracy_drop")
-        self.parsed_target  # noqa: B018 - validates
+        if self.fold_bn is None:
+            self.fold_bn = self.parsed_target.kind == "latency"
+        elif not isinstance(self.fold_bn, bool):
+            raise ValueError(f"AutoConfig(fold_bn=...) must be True, False or None, got {self.fold_bn!r}")
         if isinstance(self.methods, str):
             self.methods = (self.methods,)
         self.methods = tuple(self.methods)

@@ -6,6 +6,7 @@ import copy
 import hashlib
 import math
 import platform
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,22 @@ from factorch.surgery import candidate_layers, conv_bn_pairs, fold_batchnorms, g
 PROBE_OPTIONS: dict[str, dict[str, Any]] = {"cp": {"n_iter_max": 25, "stabilize": False}}
 _INTERPOLATED_MAX = 7  # ranks added between two scored neighbours
 FILL = 0.98  # a proposal other than the knapsack optimum must use at least this share of the budget
+_BUILT_BYTES = 1 << 30  # probe layers kept across analyses in one process (a sweep, plain then calibrated)
+_built_cache: OrderedDict[str, nn.Module] = OrderedDict()
+
+
+def _module_bytes(module: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+
+
+def _remember(key: str, module: nn.Module) -> None:
+    """Keep ``module`` under ``key``, least recently used ones dropped beyond ``_BUILT_BYTES``."""
+    _built_cache[key] = module
+    _built_cache.move_to_end(key)
+    total = sum(_module_bytes(m) for m in _built_cache.values())
+    while total > _BUILT_BYTES and len(_built_cache) > 1:
+        _, dropped = _built_cache.popitem(last=False)
+        total -= _module_bytes(dropped)
 
 
 @dataclass
@@ -113,7 +130,7 @@ class AutoSearch:
         self.skipped: dict[str, str] = {}
         self.stats: dict[str, Any] = {}
         self._problems: dict[tuple[str, str], tuple[Any, dict[str, Any]]] = {}
-        self._built: dict[tuple[str, str], nn.Module] = {}  # candidate layers, built once per analysis
+        self._fingerprints: dict[str, str] = {}
         self._damage_fn: Callable[..., float] | None = None
         self._table: TableCache | None = None
         self._enumerate()
@@ -180,14 +197,24 @@ class AutoSearch:
         return self._damage_fn
 
     def _replacement(self, lc: LayerChoices, c: Candidate) -> nn.Module:
-        """The candidate's factorized layer (probe-quality for CP), built once per analysis."""
-        key = (lc.name, c.key)
-        if key not in self._built:
-            cls = layer_class(c.method, lc.layer)
-            _, options = self._problems[(lc.name, c.method)]
-            opts = {**options, **PROBE_OPTIONS.get(c.method, {})}
-            self._built[key] = cls.from_dense(lc.layer, c.ranks, input_size=lc.input_size, **opts).eval()
-        return self._built[key]
+        """The candidate's factorized layer (probe-quality for CP), built once per process.
+
+        Built layers are kept by a hash of the dense layer's weights, the method, ranks and options, so the
+        refinement rounds of a later analysis of the same model (another target of a sweep, the calibrated
+        run after the plain one) reuse them instead of running the decompositions again.
+        """
+        if lc.name not in self._fingerprints:
+            self._fingerprints[lc.name] = fingerprint(lc.layer, None, {"layer": repr(lc.layer)})
+        _, options = self._problems[(lc.name, c.method)]
+        opts = {**options, **PROBE_OPTIONS.get(c.method, {})}
+        key = f"{self._fingerprints[lc.name]}|{c.key}|{lc.input_size}|{sorted(opts.items())}"
+        if key in _built_cache:
+            _built_cache.move_to_end(key)
+            return _built_cache[key]
+        cls = layer_class(c.method, lc.layer)
+        built = cls.from_dense(lc.layer, c.ranks, input_size=lc.input_size, **opts).eval()
+        _remember(key, built)
+        return built
 
     def score(self) -> None:
         cfg = self.cfg

@@ -78,6 +78,28 @@ def test_second_run_reuses_the_sensitivity_table(tmp_path):
     assert third.totals["sensitivity"]["cached"] == 0
 
 
+def test_probe_layers_are_built_once_per_process(monkeypatch):
+    monkeypatch.setattr(search_mod, "_built_cache", search_mod.OrderedDict())
+    built = []
+    real = search_mod._remember
+    monkeypatch.setattr(search_mod, "_remember", lambda key, module: (built.append(key), real(key, module)))
+    cfg = dict(FAST, cache=False, refine=1)
+    factorch.compress(tiny_net(), AutoConfig("macs=0.5", **cfg), example_inputs=X, calib_data=calib())
+    first = len(built)
+    assert first > 0 and len(set(built)) == first
+    # another target (no disk table either): the probe layers of the first analysis are reused; only ranks
+    # it never built (interpolated ones the new choices use) are new
+    factorch.compress(tiny_net(), AutoConfig("macs=0.3", **cfg), example_inputs=X, calib_data=calib())
+    assert len(set(built)) == len(built) and len(built) - first < first / 4
+    # the cache is bounded: past the byte limit the least recently used layers go
+    monkeypatch.setattr(search_mod, "_BUILT_BYTES", 1)
+    other = tiny_net()
+    with torch.no_grad():
+        other[2].weight.mul_(1.5)
+    factorch.compress(other, AutoConfig("macs=0.5", **cfg), example_inputs=X, calib_data=calib())
+    assert len(built) > first and len(search_mod._built_cache) == 1
+
+
 def test_interrupted_analysis_resumes(tmp_path, monkeypatch):
     cfg = AutoConfig("macs=0.5", cache_dir=str(tmp_path), **FAST)
     calls = {"n": 0}
@@ -222,11 +244,19 @@ def test_dataloader_calibration_with_targets():
         (dict(target="macs=0.5", round_to=0), "round_to"),
         (dict(target="macs=0.5", levels=(0.5, 1.2)), "levels"),
         (dict(target=None), "needs a target"),
+        (dict(target="latency=0.5", fold_bn="yes"), "fold_bn"),
     ],
 )
 def test_bad_autoconfig_is_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
         AutoConfig(**kwargs)
+
+
+def test_batchnorms_are_folded_by_default_only_for_latency_targets():
+    assert AutoConfig("latency=0.5").fold_bn is True
+    assert AutoConfig("macs=0.5").fold_bn is False and AutoConfig("params=0.5").fold_bn is False
+    assert AutoConfig("latency=0.5", fold_bn=False).fold_bn is False
+    assert AutoConfig("macs=0.5", fold_bn=True).to_dict()["fold_bn"] is True
 
 
 def test_missing_calibration_and_unreachable_target_are_errors():
