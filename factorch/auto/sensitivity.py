@@ -193,9 +193,99 @@ def damage_function(
     if inputs is None:
         raise ValueError("AutoConfig needs calib_data (or eval_fn with objective='accuracy') to score layers")
     scorer = OutputScorer(model_outputs(model, inputs), objective)
+    replay = PrefixReplay(model, inputs)
 
     def by_outputs(layer: nn.Module, replacement: nn.Module | None, context=None) -> float:
-        with substituted_all(replacements(layer, replacement, context)):
+        subs = replacements(layer, replacement, context)
+        with replay(layer, {k: v for k, v in subs.items() if k is not layer}, subs):
             return scorer(model_outputs(model, inputs))
 
     return by_outputs
+
+
+class PrefixReplay:
+    """Replays what runs before a layer instead of computing it again for every candidate of that layer.
+
+    Candidates of one layer (in one context of other replaced layers) change nothing that the network
+    computes before that layer is called. The first evaluation for a ``(layer, context)`` records the outputs
+    of the largest modules that finish before the layer starts (not its ancestors, called once per forward,
+    returning a tensor); later evaluations for the same pair substitute those modules' forwards by the
+    recorded outputs (cloned: a following in-place op must not alter them), so only the rest of the network
+    runs. Execution order comes from one traced forward; the scores are the same as without replay. The model's
+    own weights must not change between calls (replacements come and go through the arguments).
+    """
+
+    def __init__(self, model: nn.Module, inputs: Tensor) -> None:
+        self.model, self.inputs = model, inputs
+        self.key: tuple[int, ...] | None = None
+        self.held: tuple[Any, ...] = ()  # keeps the keyed objects alive, so their ids are not reused
+        self.recorded: dict[nn.Module, list[Tensor]] = {}
+        spans: dict[nn.Module, list[int]] = {}  # module -> [start, end, calls, returns a tensor]
+        clock = [0]
+
+        def pre(module, args):
+            spans.setdefault(module, [clock[0], -1, 0, 1])[2] += 1
+            clock[0] += 1
+
+        def post(module, args, out):
+            spans[module][1] = clock[0]
+            spans[module][3] &= isinstance(out, Tensor)
+            clock[0] += 1
+
+        handles = [
+            h for m in model.modules() for h in (m.register_forward_pre_hook(pre), m.register_forward_hook(post))
+        ]
+        try:
+            with torch.no_grad():
+                model(inputs[:1])
+        finally:
+            for h in handles:
+                h.remove()
+        self.spans = spans
+
+    def before(self, layer: nn.Module) -> list[nn.Module]:
+        """The largest modules that run (once, returning a tensor) and finish before ``layer`` starts."""
+        if layer not in self.spans or self.spans[layer][2] != 1:
+            return []
+        start = self.spans[layer][0]
+
+        def visit(module: nn.Module) -> list[nn.Module]:
+            if module is layer or module not in self.spans:
+                return []
+            m_start, m_end, calls, tensor = self.spans[module]
+            if m_start > start:
+                return []
+            if m_end < start and calls == 1 and tensor:
+                return [module]
+            return [found for child in module.children() for found in visit(child)]
+
+        return visit(self.model)
+
+    @contextlib.contextmanager
+    def __call__(
+        self, layer: nn.Module, context: Mapping[nn.Module, nn.Module], subs: Mapping[nn.Module, nn.Module]
+    ) -> Iterator[None]:
+        """Run with ``subs`` substituted; record or replay the modules before ``layer`` for this ``context``."""
+        key = (id(layer), *sorted((id(k), id(v)) for k, v in context.items()))
+        if key == self.key:
+            replays = {m: self._replayer(chunks) for m, chunks in self.recorded.items()}
+            with substituted_all({**subs, **replays}):
+                yield
+            return
+        self.key, self.recorded, self.held = None, {}, ()
+        recorded: dict[nn.Module, list[Tensor]] = {m: [] for m in self.before(layer)}
+        handles = [
+            m.register_forward_hook(lambda mod, args, out: recorded[mod].append(out.detach().clone())) for m in recorded
+        ]
+        try:
+            with substituted_all(subs):
+                yield
+        finally:
+            for h in handles:
+                h.remove()
+        self.key, self.recorded, self.held = key, recorded, (layer, dict(context))
+
+    @staticmethod
+    def _replayer(chunks: list[Tensor]) -> Callable[..., Tensor]:
+        calls = iter(range(len(chunks)))
+        return lambda *args, **kwargs: chunks[next(calls)].clone()

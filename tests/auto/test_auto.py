@@ -277,6 +277,63 @@ def test_pareto_front():
     assert pareto_front(pts) == [(0.2, 70.0), (0.3, 85.0), (0.5, 90.0)]
 
 
+class _Counting(nn.Conv2d):
+    calls = 0
+
+    def forward(self, x):
+        _Counting.calls += 1
+        return super().forward(x)
+
+
+class _Block(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(c, c, 3, padding=1), nn.Conv2d(c, c, 3, padding=1)
+        self.relu = nn.ReLU(inplace=True)  # called twice: runs live, never replayed
+
+    def forward(self, x):
+        return self.relu(self.conv2(self.relu(self.conv1(x))) + x)
+
+
+def test_prefix_replay_gives_the_same_damages_and_skips_the_prefix(monkeypatch):
+    from factorch.auto import sensitivity
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        _Counting(3, 8, 3, padding=1), nn.ReLU(inplace=True), _Block(8), _Block(8),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5),
+    ).eval()  # fmt: skip
+    x = torch.randn(300, 3, 8, 8)  # three chunks
+    replayed = sensitivity.damage_function(net, x, "kl", None)
+    with monkeypatch.context() as m:
+        m.setattr(sensitivity.PrefixReplay, "before", lambda self, layer: [])
+        plain = sensitivity.damage_function(net, x, "kl", None)
+    replay = sensitivity.PrefixReplay(net, x)
+    assert replay.before(net[3].conv2) == [net[0], net[1], net[2], net[3].conv1]
+    contexts = [{}, {net[2].conv2: nn.Conv2d(8, 8, 3, padding=1)}]
+    for context in contexts:
+        for layer in (net[2].conv1, net[3].conv2, net[6]):
+            reps = [None, *(copy.deepcopy(layer).apply(_jitter) for _ in range(3))]
+            for rep in reps:
+                _Counting.calls = 0
+                got = replayed(layer, rep, context)
+                skipped = _Counting.calls == 0
+                assert got == pytest.approx(plain(layer, rep, context), rel=1e-9, abs=1e-15)
+                # the first conv runs while the first candidate records, and is replayed afterwards
+                assert skipped == (rep is not reps[0])
+    # a context changes what runs before a layer: it is recorded again, not replayed from another context
+    _Counting.calls = 0
+    replayed(net[3].conv2, None, {net[0]: nn.Conv2d(3, 8, 3, padding=1)})
+    assert _Counting.calls == 0  # net[0] itself is substituted by the context replacement
+    assert replayed(net[3].conv2, None, {}) == pytest.approx(plain(net[3].conv2, None, {}), rel=1e-9, abs=1e-15)
+
+
+def _jitter(module):
+    if isinstance(module, (nn.Conv2d, nn.Linear)):
+        with torch.no_grad():
+            module.weight.add_(0.1 * torch.randn_like(module.weight))
+
+
 def test_substitution_replaces_the_output_and_is_undone():
     from factorch.auto.sensitivity import damage_function, substituted
 
