@@ -209,10 +209,11 @@ class PrefixReplay:
     Candidates of one layer (in one context of other replaced layers) change nothing that the network
     computes before that layer is called. The first evaluation for a ``(layer, context)`` records the outputs
     of the largest modules that finish before the layer starts (not its ancestors, called once per forward,
-    returning a tensor); later evaluations for the same pair substitute those modules' forwards by the
-    recorded outputs (cloned: a following in-place op must not alter them), so only the rest of the network
-    runs. Execution order comes from one traced forward; the scores are the same as without replay. The model's
-    own weights must not change between calls (replacements come and go through the arguments).
+    returning a new tensor without changing their inputs in place); later evaluations for the same pair
+    substitute those modules' forwards by the recorded outputs (cloned: a following in-place op must not alter
+    them), so only the rest of the network runs. Execution order comes from one traced forward; the scores are
+    the same as without replay. The model's own weights must not change between calls (replacements come and
+    go through the arguments).
     """
 
     def __init__(self, model: nn.Module, inputs: Tensor) -> None:
@@ -223,13 +224,23 @@ class PrefixReplay:
         spans: dict[nn.Module, list[int]] = {}  # module -> [start, end, calls, returns a tensor]
         clock = [0]
 
+        versions: dict[nn.Module, list[tuple[Tensor, int]]] = {}
+
         def pre(module, args):
             spans.setdefault(module, [clock[0], -1, 0, 1])[2] += 1
+            versions[module] = [(a, a._version) for a in args if isinstance(a, Tensor)]
             clock[0] += 1
 
         def post(module, args, out):
             spans[module][1] = clock[0]
-            spans[module][3] &= isinstance(out, Tensor)
+            inputs = versions.pop(module, [])
+            # a module that changes its input in place (ReLU(inplace=True)) or returns it or a view of it
+            # (Identity, Flatten) runs live: a replayed copy would not carry that aliasing to other references
+            aliased = isinstance(out, Tensor) and any(
+                out.untyped_storage().data_ptr() == a.untyped_storage().data_ptr() for a, _ in inputs
+            )
+            mutated = any(a._version != v for a, v in inputs)
+            spans[module][3] &= isinstance(out, Tensor) and not aliased and not mutated
             clock[0] += 1
 
         handles = [

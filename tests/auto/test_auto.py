@@ -309,7 +309,8 @@ def test_prefix_replay_gives_the_same_damages_and_skips_the_prefix(monkeypatch):
         m.setattr(sensitivity.PrefixReplay, "before", lambda self, layer: [])
         plain = sensitivity.damage_function(net, x, "kl", None)
     replay = sensitivity.PrefixReplay(net, x)
-    assert replay.before(net[3].conv2) == [net[0], net[1], net[2], net[3].conv1]
+    # the in-place ReLU runs live (it changes its input), the rest before the layer is replayed
+    assert replay.before(net[3].conv2) == [net[0], net[2], net[3].conv1]
     contexts = [{}, {net[2].conv2: nn.Conv2d(8, 8, 3, padding=1)}]
     for context in contexts:
         for layer in (net[2].conv1, net[3].conv2, net[6]):
@@ -326,6 +327,32 @@ def test_prefix_replay_gives_the_same_damages_and_skips_the_prefix(monkeypatch):
     replayed(net[3].conv2, None, {net[0]: nn.Conv2d(3, 8, 3, padding=1)})
     assert _Counting.calls == 0  # net[0] itself is substituted by the context replacement
     assert replayed(net[3].conv2, None, {}) == pytest.approx(plain(net[3].conv2, None, {}), rel=1e-9, abs=1e-15)
+
+
+class _SideEffect(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.act = nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(inplace=True)
+        self.head, self.fc = nn.Conv2d(8, 8, 1), nn.Linear(8 * 8 * 8, 5)
+
+    def forward(self, x):
+        x = self.conv(x)
+        self.act(x)  # used for its in-place effect only
+        return self.fc(self.head(x).flatten(1))
+
+
+def test_prefix_replay_keeps_in_place_side_effects(monkeypatch):
+    from factorch.auto import sensitivity
+
+    torch.manual_seed(0)
+    net, x = _SideEffect().eval(), torch.randn(40, 3, 8, 8)
+    replayed = sensitivity.damage_function(net, x, "kl", None)
+    with monkeypatch.context() as m:
+        m.setattr(sensitivity.PrefixReplay, "before", lambda self, layer: [])
+        plain = sensitivity.damage_function(net, x, "kl", None)
+    assert sensitivity.PrefixReplay(net, x).before(net.head) == [net.conv]
+    for rep in [copy.deepcopy(net.head).apply(_jitter) for _ in range(3)]:
+        assert replayed(net.head, rep) == pytest.approx(plain(net.head, rep), rel=1e-9, abs=1e-15)
 
 
 def _jitter(module):
