@@ -204,7 +204,8 @@ class AutoSearch:
         run after the plain one) reuse them instead of running the decompositions again.
         """
         if lc.name not in self._fingerprints:
-            self._fingerprints[lc.name] = fingerprint(lc.layer, None, {"layer": repr(lc.layer)})
+            devices = sorted({str(t.device) for t in lc.layer.parameters()})
+            self._fingerprints[lc.name] = fingerprint(lc.layer, None, {"layer": repr(lc.layer), "devices": devices})
         _, options = self._problems[(lc.name, c.method)]
         opts = {**options, **PROBE_OPTIONS.get(c.method, {})}
         key = f"{self._fingerprints[lc.name]}|{c.key}|{lc.input_size}|{sorted(opts.items())}"
