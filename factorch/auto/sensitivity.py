@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 SENSITIVITY_VERSION = 1  # bump when the scores change meaning, so old cache entries are not reused
 _CHUNK = 128
+_REPLAY_BYTES = 2 << 30  # recorded activations per (layer, context) beyond this: no replay for that layer
 
 
 def calibration_inputs(calib_data: Any, n_samples: int) -> Tensor:
@@ -213,7 +214,7 @@ class PrefixReplay:
     substitute those modules' forwards by the recorded outputs (cloned: a following in-place op must not alter
     them), so only the rest of the network runs. Execution order comes from one traced forward; the scores are
     the same as without replay. The model's own weights must not change between calls (replacements come and
-    go through the arguments).
+    go through the arguments). A layer whose recording would exceed ``_REPLAY_BYTES`` is not replayed.
     """
 
     def __init__(self, model: nn.Module, inputs: Tensor) -> None:
@@ -221,13 +222,13 @@ class PrefixReplay:
         self.key: tuple[int, ...] | None = None
         self.held: tuple[Any, ...] = ()  # keeps the keyed objects alive, so their ids are not reused
         self.recorded: dict[nn.Module, list[Tensor]] = {}
-        spans: dict[nn.Module, list[int]] = {}  # module -> [start, end, calls, returns a tensor]
+        spans: dict[nn.Module, list[int]] = {}  # module -> [start, end, calls, replayable, bytes per sample]
         clock = [0]
 
         versions: dict[nn.Module, list[tuple[Tensor, int]]] = {}
 
         def pre(module, args):
-            spans.setdefault(module, [clock[0], -1, 0, 1])[2] += 1
+            spans.setdefault(module, [clock[0], -1, 0, 1, 0])[2] += 1
             versions[module] = [(a, a._version) for a in args if isinstance(a, Tensor)]
             clock[0] += 1
 
@@ -241,6 +242,7 @@ class PrefixReplay:
             )
             mutated = any(a._version != v for a, v in inputs)
             spans[module][3] &= isinstance(out, Tensor) and not aliased and not mutated
+            spans[module][4] = out.numel() * out.element_size() if isinstance(out, Tensor) else 0
             clock[0] += 1
 
         handles = [
@@ -263,7 +265,7 @@ class PrefixReplay:
         def visit(module: nn.Module) -> list[nn.Module]:
             if module is layer or module not in self.spans:
                 return []
-            m_start, m_end, calls, tensor = self.spans[module]
+            m_start, m_end, calls, tensor, _ = self.spans[module]
             if m_start > start:
                 return []
             if m_end < start and calls == 1 and tensor:
@@ -284,7 +286,10 @@ class PrefixReplay:
                 yield
             return
         self.key, self.recorded, self.held = None, {}, ()
-        recorded: dict[nn.Module, list[Tensor]] = {m: [] for m in self.before(layer)}
+        before = self.before(layer)
+        if sum(self.spans[m][4] for m in before) * self.inputs.shape[0] > _REPLAY_BYTES:
+            before = []  # too much to keep: this layer's candidates run the whole network
+        recorded: dict[nn.Module, list[Tensor]] = {m: [] for m in before}
         handles = [
             m.register_forward_hook(lambda mod, args, out: recorded[mod].append(out.detach().clone())) for m in recorded
         ]

@@ -322,6 +322,14 @@ def test_prefix_replay_gives_the_same_damages_and_skips_the_prefix(monkeypatch):
                 assert got == pytest.approx(plain(layer, rep, context), rel=1e-9, abs=1e-15)
                 # the first conv runs while the first candidate records, and is replayed afterwards
                 assert skipped == (rep is not reps[0])
+    # beyond the memory cap nothing is recorded: the prefix runs for every candidate, with the same scores
+    monkeypatch.setattr(sensitivity, "_REPLAY_BYTES", 1)
+    for rep in (None, copy.deepcopy(net[6]).apply(_jitter), copy.deepcopy(net[6]).apply(_jitter)):
+        _Counting.calls = 0
+        got = replayed(net[6], rep, {})
+        assert _Counting.calls == 3  # one per chunk
+        assert got == pytest.approx(plain(net[6], rep, {}), rel=1e-9, abs=1e-15)
+    monkeypatch.undo()
     # a context changes what runs before a layer: it is recorded again, not replayed from another context
     _Counting.calls = 0
     replayed(net[3].conv2, None, {net[0]: nn.Conv2d(3, 8, 3, padding=1)})
