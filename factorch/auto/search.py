@@ -292,7 +292,8 @@ class AutoSearch:
 
         Proposals: the knapsack optimum of summed single-layer damages (:meth:`solve`), the "balanced" optimum
         of summed squared damages, the minimax choice (:meth:`solve_minimax`), with several methods the
-        knapsack optimum of each method alone, then ``cfg.refine`` rounds of in-context re-scoring from the
+        knapsack optimum of each method alone, uniform compression with each method (:meth:`solve_uniform`),
+        then ``cfg.refine`` rounds of in-context re-scoring from the
         best so far: every measured candidate of every layer is scored again with the other layers replaced by
         that choice (as the increase over the layer left dense in the same context) and the knapsack is solved
         on those damages. Single-layer damages add up poorly at strong
@@ -309,6 +310,8 @@ class AutoSearch:
                 others.append((f"knapsack {method} only", self.solve(fraction, total, fixed, method=method)))
             except ValueError:  # this method alone cannot reach the target
                 pass
+        # the naive baseline is a proposal too: the choice is never worse than it on the calibration data
+        others.extend((f"uniform {method}", self.solve_uniform(fraction, total, fixed, method)) for method in methods)
         seen = {_choice_tag(proposals[0][1])}
         for name, found in others:
             if found is None or self._total_cost(found[0], fixed) < FILL * fraction * total:
@@ -540,6 +543,37 @@ class AutoSearch:
         picks = _spend_leftover(picks, costs, damages, budget)
         choice = {lc.name: options[g][picks[g]] for g, lc in enumerate(self.layers)}
         return choice, sum(damages[g][o] for g, o in enumerate(picks))
+
+    def solve_uniform(
+        self, fraction: float, total: float, fixed: float, method: str
+    ) -> tuple[dict[str, Candidate | None], float] | None:
+        """Uniform compression with ``method`` among the candidates: every layer at about one per-layer cost
+        ratio ``r`` (its costliest candidate within ``r`` times its dense cost, else its cheapest), the largest
+        ``r`` that fits the budget (bisection). Layers without a candidate of ``method`` stay dense, as
+        :func:`~factorch.auto.uniform_compress` leaves them. ``None`` if out of reach."""
+        per_layer = [
+            (lc, sorted((c for c in lc.candidates if c.method == method), key=lambda c: _cost(self.kind, c)))
+            for lc in self.layers
+        ]
+
+        def choice_at(r: float) -> dict[str, Candidate | None]:
+            picks: dict[str, Candidate | None] = {}
+            for lc, cands in per_layer:
+                within = [c for c in cands if _cost(self.kind, c) <= r * _dense_cost(self.kind, lc)]
+                picks[lc.name] = (within[-1] if within else cands[0]) if cands else None
+            return picks
+
+        if not any(cands for _, cands in per_layer) or self._total_cost(choice_at(0.0), fixed) > fraction * total:
+            return None
+        lo, hi = 0.0, 1.0
+        for _ in range(30):
+            mid = 0.5 * (lo + hi)
+            if self._total_cost(choice_at(mid), fixed) <= fraction * total:
+                lo = mid
+            else:
+                hi = mid
+        choice = choice_at(lo)
+        return choice, sum(c.damage for c in choice.values() if c is not None)
 
     def plan(self, choice: dict[str, Candidate | None]) -> Plan:
         layers: dict[str, Any] = {"_default": None}

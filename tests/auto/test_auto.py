@@ -412,20 +412,45 @@ def test_minimax_choice_bounds_the_largest_damage_and_choose_measures_every_prop
             pass
     assert len(only) >= 2
     assert all(c is None or c.method == m for m, o in only.items() for c in o.values())
+    uniform = {m: search.solve_uniform(0.4, total, fixed, m) for m in FAST["methods"]}
+    uniform = {m: u[0] for m, u in uniform.items() if u and cost(u[0]) >= search_mod.FILL * 0.4 * total}
+    assert uniform
     choice, _ = search.choose(0.4, total, fixed)
     proposals = search.stats["proposals"]
     names = [p["proposal"] for p in proposals]
     # every distinct proposal is measured once, the knapsack first, then the refinement
-    distinct = {search_mod._choice_tag(c) for c in (knap, balanced, mini, *only.values())}
+    distinct = {search_mod._choice_tag(c) for c in (knap, balanced, mini, *only.values(), *uniform.values())}
     assert names[0] == "knapsack" and names[-1] == "refined 1"
     assert len(names) == len(distinct) + 1 and len(set(names)) == len(names)
     assert set(names) <= {"knapsack", "balanced", "minimax", "refined 1"} | {
-        f"knapsack {m} only" for m in FAST["methods"]
+        f"{kind} {m}{suffix}" for m in FAST["methods"] for kind, suffix in (("knapsack", " only"), ("uniform", ""))
     }
+    assert any(n.startswith("uniform ") for n in names)
     chosen = min(proposals, key=lambda p: p["joint_damage"])
     assert search.stats["chosen"] == chosen["proposal"]
     assert search._joint(choice) == pytest.approx(chosen["joint_damage"])
     assert cost(choice) <= 0.4 * total
+
+
+@pytest.mark.parametrize("method", ["tucker2", "svd", "spatial-svd"])
+def test_uniform_proposal_gives_every_layer_one_cost_ratio(method):
+    """solve_uniform: within the budget, every layer at its costliest candidate of the method within one ratio
+    R (the largest chosen ratio), close to what uniform_compress reaches at the same target."""
+    search = search_mod.AutoSearch(tiny_net(), AutoConfig("macs=0.4", **{**FAST, "cache": False}), (X,), calib(), None)
+    search.score()
+    total, fixed = search.reference_total()
+    choice, predicted = search.solve_uniform(0.4, total, fixed, method)
+    used = fixed + sum(c.macs if c else lc.dense_macs for lc in search.layers for c in [choice[lc.name]])
+    assert 0.85 * 0.4 * total <= used <= 0.4 * total
+    mine = [lc for lc in search.layers if any(c.method == method for c in lc.candidates)]
+    assert mine and all(choice[lc.name] is not None and choice[lc.name].method == method for lc in mine)
+    assert all(choice[lc.name] is None for lc in search.layers if lc not in mine)
+    ratio = max(choice[lc.name].macs / lc.dense_macs for lc in mine)
+    for lc in mine:
+        within = [c for c in lc.candidates if c.method == method and c.macs / lc.dense_macs <= ratio]
+        assert choice[lc.name].macs == max(c.macs for c in within)
+    assert predicted == pytest.approx(sum(c.damage for c in choice.values() if c))
+    assert search.solve_uniform(0.01, total, fixed, method) is None  # out of reach
 
 
 def test_refine_must_be_a_non_negative_int():
