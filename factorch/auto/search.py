@@ -310,7 +310,8 @@ class AutoSearch:
                 others.append((f"knapsack {method} only", self.solve(fraction, total, fixed, method=method)))
             except ValueError:  # this method alone cannot reach the target
                 pass
-        # the naive baseline is a proposal too: the choice is never worse than it on the calibration data
+        # the naive baseline is a proposal too: where it fills the budget (FILL), the built choice is never
+        # measured worse than it on the calibration data
         others.extend((f"uniform {method}", self.solve_uniform(fraction, total, fixed, method)) for method in methods)
         seen = {_choice_tag(proposals[0][1])}
         for name, found in others:

@@ -434,8 +434,8 @@ def test_minimax_choice_bounds_the_largest_damage_and_choose_measures_every_prop
 
 @pytest.mark.parametrize("method", ["tucker2", "svd", "spatial-svd"])
 def test_uniform_proposal_gives_every_layer_one_cost_ratio(method):
-    """solve_uniform: within the budget, every layer at its costliest candidate of the method within one ratio
-    R (the largest chosen ratio), close to what uniform_compress reaches at the same target."""
+    """solve_uniform: within the budget and close to it, every layer at its costliest candidate of the method
+    within one ratio R (the largest chosen ratio); layers without a candidate of the method stay dense."""
     search = search_mod.AutoSearch(tiny_net(), AutoConfig("macs=0.4", **{**FAST, "cache": False}), (X,), calib(), None)
     search.score()
     total, fixed = search.reference_total()
