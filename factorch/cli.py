@@ -27,6 +27,11 @@ def _add_auto_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime", default="torch", choices=["torch", "onnxruntime"], help="runtime timed for latency")
     p.add_argument("--calib", type=int, default=256, help="training images used to score candidate layers")
     p.add_argument("--refine", type=int, default=1, help="rounds of in-context re-scoring of the chosen layers")
+    p.add_argument(
+        "--stable-cp",
+        action="store_true",
+        help="score and build CP layers with the stabilising correction (for heavy fine-tuning or quantisation)",
+    )
 
 
 def _auto_config(args: argparse.Namespace, target: str):
@@ -40,6 +45,7 @@ def _auto_config(args: argparse.Namespace, target: str):
         runtime=args.runtime,
         calib_samples=args.calib,
         refine=args.refine,
+        stable_cp=args.stable_cp,
         fold_bn=getattr(args, "fold_bn", None),  # None: folded for latency targets
         threads=getattr(args, "threads", None),
     )

@@ -74,6 +74,11 @@ class AutoConfig:
             layer replaced by its current choice, the knapsack is solved again, and the new choice is kept only
             if the whole network's damage (measured, all layers replaced at once) is lower. Single-layer damages
             add up poorly at strong compression; this corrects for their interaction. ``0``: off.
+        stable_cp: CP candidates are scored, and the chosen CP layers built, with one and the same fit (so the
+            model built is the model the search measured): 25 ALS sweeps, then with ``True`` the stabilising
+            correction of ``factorch.decompose.cp`` (term norms kept small at 1 % more weight error; slower to
+            analyse, and usually less accurate before fine-tuning, but robust to heavy fine-tuning or
+            quantisation). ``False`` (default): plain ALS, the more accurate model without fine-tuning.
         keep_edges: leave the first conv and the final classifier dense.
         fold_bn: fold BatchNorms into the preceding convs before analysing (exact at inference; the compressed
             convs then carry the BatchNorm's scale and shift and the BatchNorm becomes an identity). ``None``
@@ -100,6 +105,7 @@ class AutoConfig:
     levels: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.25, 0.33, 0.45, 0.6, 0.8)
     calib_samples: int = 256
     refine: int = 1
+    stable_cp: bool = False
     keep_edges: bool = True
     fold_bn: bool | None = None
     measure: bool = True
@@ -142,6 +148,8 @@ class AutoConfig:
                 raise ValueError(f"AutoConfig({name}=...) must be an int >= 1, got {value!r}")
         if isinstance(self.refine, bool) or not isinstance(self.refine, numbers.Integral) or self.refine < 0:
             raise ValueError(f"AutoConfig(refine=...) must be an int >= 0, got {self.refine!r}")
+        if not isinstance(self.stable_cp, bool):
+            raise ValueError(f"AutoConfig(stable_cp=...) must be True or False, got {self.stable_cp!r}")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise ValueError(f"AutoConfig(threads=...) must be None or an int >= 1, got {self.threads!r}")
         self.levels = tuple(sorted(float(v) for v in self.levels))
@@ -170,6 +178,7 @@ class AutoConfig:
                 "levels",
                 "calib_samples",
                 "refine",
+                "stable_cp",
                 "keep_edges",
                 "fold_bn",
             )

@@ -35,9 +35,17 @@ from factorch.rank.knapsack import solve_mckp
 from factorch.report import CompressionReport
 from factorch.surgery import candidate_layers, conv_bn_pairs, fold_batchnorms, get_module, trace_layers
 
-# Scoring many candidate ranks needs a cheaper CP fit than the final one (which uses CPConfig's defaults:
-# 200 ALS sweeps and the stabilising correction); a short ALS run ranks candidates by damage just as well.
-PROBE_OPTIONS: dict[str, dict[str, Any]] = {"cp": {"n_iter_max": 25, "stabilize": False}}
+# CP fits for the search: scoring many candidate ranks needs a cheaper fit than CPConfig's default (200 ALS
+# sweeps, then the stabilising correction), and the chosen layers are built with exactly the fit that was
+# scored, so the model built is the model measured (see AutoConfig(stable_cp=...)).
+CP_SWEEPS = 25
+
+
+def fit_options(cfg: AutoConfig) -> dict[str, dict[str, Any]]:
+    """Per method, the decomposition options that candidates are both scored and built with."""
+    return {"cp": {"n_iter_max": CP_SWEEPS, "stabilize": bool(cfg.stable_cp)}}
+
+
 _INTERPOLATED_MAX = 7  # ranks added between two scored neighbours
 FILL = 0.98  # a proposal other than the knapsack optimum must use at least this share of the budget
 _BUILT_BYTES = 1 << 30  # probe layers kept across analyses in one process (a sweep, plain then calibrated)
@@ -133,6 +141,7 @@ class AutoSearch:
         self._fingerprints: dict[str, str] = {}
         self._damage_fn: Callable[..., float] | None = None
         self._table: TableCache | None = None
+        self.fit_options = fit_options(cfg)
         self._enumerate()
 
     # -- candidates -------------------------------------------------------------------------------------
@@ -161,7 +170,7 @@ class AutoSearch:
             for method in cfg.methods:
                 try:
                     cls = layer_class(method, layer)
-                    options = config_for_method(method).options()
+                    options = {**config_for_method(method).options(), **self.fit_options.get(method, {})}
                     problem = cls.rank_problem(layer, input_size=input_size, name=name, **options)
                 except NotFactorizable as err:
                     lc.reasons.append(f"{method}: {err}")
@@ -197,7 +206,7 @@ class AutoSearch:
         return self._damage_fn
 
     def _replacement(self, lc: LayerChoices, c: Candidate) -> nn.Module:
-        """The candidate's factorized layer (probe-quality for CP), built once per process.
+        """The candidate's factorized layer, as :meth:`plan` builds it, made once per process.
 
         Built layers are kept by a hash of the dense layer's weights, the method, ranks and options, so the
         refinement rounds of a later analysis of the same model (another target of a sweep, the calibrated
@@ -206,8 +215,7 @@ class AutoSearch:
         if lc.name not in self._fingerprints:
             devices = sorted({str(t.device) for t in lc.layer.parameters()})
             self._fingerprints[lc.name] = fingerprint(lc.layer, None, {"layer": repr(lc.layer), "devices": devices})
-        _, options = self._problems[(lc.name, c.method)]
-        opts = {**options, **PROBE_OPTIONS.get(c.method, {})}
+        _, opts = self._problems[(lc.name, c.method)]
         key = f"{self._fingerprints[lc.name]}|{c.key}|{lc.input_size}|{sorted(opts.items())}"
         if key in _built_cache:
             _built_cache.move_to_end(key)
@@ -224,7 +232,7 @@ class AutoSearch:
             "objective": cfg.objective,
             "fold_bn": cfg.fold_bn,
             "eval_fn": None if self.eval_fn is None else getattr(self.eval_fn, "__qualname__", repr(self.eval_fn)),
-            "probe": PROBE_OPTIONS,
+            "probe": self.fit_options,
         }
         path = self._cache_path("sensitivity", fingerprint(self.model, self.calib, settings))
         table = self._table = TableCache(path, settings)
@@ -577,11 +585,13 @@ class AutoSearch:
         return choice, sum(c.damage for c in choice.values() if c is not None)
 
     def plan(self, choice: dict[str, Candidate | None]) -> Plan:
+        """The per-layer configs of ``choice``, with the decomposition options its candidates were scored with."""
         layers: dict[str, Any] = {"_default": None}
         for name, c in choice.items():
             if c is not None:
                 rank = c.ranks[0] if len(c.ranks) == 1 else tuple(c.ranks)
-                layers[name] = config_for_method(c.method, rank=rank, fold_bn=self.cfg.fold_bn)
+                options = self.fit_options.get(c.method, {})
+                layers[name] = config_for_method(c.method, rank=rank, fold_bn=self.cfg.fold_bn, **options)
         return Plan(layers)
 
 

@@ -245,6 +245,7 @@ def test_dataloader_calibration_with_targets():
         (dict(target="macs=0.5", levels=(0.5, 1.2)), "levels"),
         (dict(target=None), "needs a target"),
         (dict(target="latency=0.5", fold_bn="yes"), "fold_bn"),
+        (dict(target="macs=0.5", stable_cp=1), "stable_cp"),
     ],
 )
 def test_bad_autoconfig_is_named(kwargs, match):
@@ -451,6 +452,25 @@ def test_uniform_proposal_gives_every_layer_one_cost_ratio(method):
         assert choice[lc.name].macs == max(c.macs for c in within)
     assert predicted == pytest.approx(sum(c.damage for c in choice.values() if c))
     assert search.solve_uniform(0.01, total, fixed, method) is None  # out of reach
+
+
+@pytest.mark.parametrize("stable_cp", [False, True])
+def test_the_built_model_is_the_model_the_search_measured(stable_cp):
+    """The chosen choice's whole-network damage, measured during the search with its probe layers, is the
+    built model's damage: CP layers are built with the very fit they were scored with (plain or stabilised)."""
+    from factorch.auto.sensitivity import OutputScorer, model_outputs
+    from factorch.layers.cp import CPConv
+
+    model, data = tiny_net(), calib()
+    cfg = AutoConfig("macs=0.5", **{**FAST, "methods": ("cp",), "cache": False, "stable_cp": stable_cp})
+    out, report = factorch.compress(model, cfg, example_inputs=X, calib_data=data)
+    cps = [m for m in out.modules() if isinstance(m, CPConv)]
+    assert cps and all(m.options["stabilize"] is stable_cp for m in cps)
+    stats = report.totals["sensitivity"]
+    chosen = next(p for p in stats["proposals"] if p["proposal"] == stats["chosen"])
+    built = OutputScorer(model_outputs(model, data), "accuracy")(model_outputs(out.eval(), data))
+    assert built == pytest.approx(chosen["joint_damage"], rel=1e-4, abs=1e-9)
+    assert report.config["stable_cp"] is stable_cp
 
 
 def test_refine_must_be_a_non_negative_int():
