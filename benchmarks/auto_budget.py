@@ -2,13 +2,16 @@
 
 For vgg and resnet20 (the shipped Fashion-MNIST weights), no fine-tuning, one process:
 
-* at ``macs=0.33``, for Tucker-2 and SVD: the uniform baseline (one per-layer MACs ratio for every layer, the
-  largest whose whole model meets the target: ``factorch.auto.uniform_compress``) vs ``AutoConfig`` restricted
-  to that method; then ``AutoConfig`` with all four methods;
+* at ``macs=0.33``, for each method (Tucker-2, CP, SVD, spatial SVD): the uniform baseline (one per-layer MACs
+  ratio for every layer, the largest whose whole model meets the target: ``factorch.auto.uniform_compress``,
+  decomposed with the same fit as AutoConfig's candidates) vs ``AutoConfig`` restricted to that method; then
+  ``AutoConfig`` with all four methods;
 * ``params=0.25`` with all methods (target accuracy of the budget);
 * ``latency=0.5`` at batch 64 (2 threads): the measured whole-model latency ratio (median of paired runs,
-  ``factorch.compare_latency``-style alternation, 30 pairs) and each accepted layer's measured ratio, with
-  AutoConfig's default for latency targets (BatchNorms folded) and with ``fold_bn=False``.
+  ``factorch.compare_latency``-style alternation, 20 pairs) and each accepted layer's measured ratio, with
+  AutoConfig's default for latency targets (BatchNorms folded) and with ``fold_bn=False``, on eager torch; and,
+  with the ``onnx`` extra installed, with ``runtime="onnxruntime"`` (candidates, dense layers and both whole
+  models timed as ONNX Runtime sessions).
 
 Accuracy is on the full Fashion-MNIST test set (10 000 images); candidates are scored on 256 training images.
 Run from the repository root (Fashion-MNIST from Debian's ``dataset-fashion-mnist``)::
@@ -31,6 +34,8 @@ from torch.utils.data import DataLoader
 
 import factorch
 from factorch.auto import AutoConfig, uniform_compress
+from factorch.auto.search import fit_options
+from factorch.auto.timing import has_onnxruntime
 from factorch.data import calibration_subset, fashion_mnist
 from factorch.train import evaluate
 
@@ -42,7 +47,7 @@ def main() -> None:
     parser.add_argument("--models", default="resnet20,vgg")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
-        "--methods", default="tucker2,svd,spatial-svd", help="methods compared with their uniform baseline"
+        "--methods", default="tucker2,cp,svd,spatial-svd", help="methods compared with their uniform baseline"
     )
     parser.add_argument("--refine", type=int, default=1, help="AutoConfig(refine=...) rounds")
     parser.add_argument(
@@ -108,7 +113,9 @@ def main() -> None:
 
         for method in args.methods.split(","):
             t0 = time.perf_counter()
-            built, report, _ = uniform_compress(model, method, "macs=0.33", example_inputs=x)
+            # the uniform baseline decomposes with the same fit as AutoConfig's candidates (CP: 25 ALS sweeps)
+            options = fit_options(AutoConfig("macs=0.33")).get(method, {})
+            built, report, _ = uniform_compress(model, method, "macs=0.33", example_inputs=x, **options)
             record(f"uniform {method}", report, built, time.perf_counter() - t0, "macs=0.33")
             t0 = time.perf_counter()
             cfg = AutoConfig("macs=0.33", methods=(method,), measure=False, refine=args.refine)
@@ -126,7 +133,8 @@ def main() -> None:
             cfg = AutoConfig(target, refine=args.refine)
             built, report = factorch.compress(model, cfg, example_inputs=x, calib_data=calib)
             record("auto all methods", report, built, time.perf_counter() - t0)
-        for fold in (True, False):
+        runs = [("torch", True), ("torch", False)] + ([("onnxruntime", True)] if has_onnxruntime() else [])
+        for runtime, fold in runs:
             t0 = time.perf_counter()
             cfg = AutoConfig(
                 "latency=0.5",
@@ -135,8 +143,14 @@ def main() -> None:
                 latency_repeats=9,
                 fold_bn=fold,
                 refine=args.refine,
+                runtime=runtime,
             )
-            run = "auto all methods" + ("" if fold else ", fold_bn=False")
+            suffix = ("" if fold else "_no_fold_bn") + ("" if runtime == "torch" else f"_{runtime}")
+            run = (
+                "auto all methods"
+                + ("" if fold else ", fold_bn=False")
+                + ("" if runtime == "torch" else f", {runtime}")
+            )
             try:
                 built, report = factorch.compress(model, cfg, example_inputs=x, calib_data=calib)
             except ValueError as err:  # out of reach on this machine: say so, with the measured floor
@@ -144,7 +158,7 @@ def main() -> None:
                 print(err, flush=True)
                 continue
             record(run, report, built, time.perf_counter() - t0)
-            (RESULTS / f"auto_budget_{name}_latency{'' if fold else '_no_fold_bn'}.md").write_text(report.to_markdown())
+            (RESULTS / f"auto_budget_{name}_latency{suffix}.md").write_text(report.to_markdown())
         write(out)
 
 
@@ -157,10 +171,11 @@ def write(out: dict) -> None:
         "",
         f"torch {s['torch']}, {s['threads']} threads, {s['platform']}. Calibration: {s['calibration']}; "
         f"accuracy: {s['accuracy']}. AutoConfig(refine={s.get('refine', 1)}): the built choice is the proposal "
-        "(knapsack, balanced, minimax, refined) with the least whole-network KL on the calibration images "
-        "('chosen'). 'vs uniform': accuracy points above the uniform run of the same method. Latency ratios: "
-        "compressed / dense, median of paired alternating runs "
-        "at batch 64 (and 1). MACs/params ratios: whole model.",
+        "(knapsack, balanced, minimax, each method alone, uniform per method, refined) with the least "
+        "whole-network KL on the calibration images ('chosen'); CP layers: 25 ALS sweeps, as scored, in the "
+        "uniform runs too. 'vs uniform': accuracy points above the uniform run of the same method. Latency "
+        "ratios: compressed / dense, median of 20 paired alternating runs at batch 64 (and 1), on eager torch "
+        "unless the run names onnxruntime. MACs/params ratios: whole model.",
         "",
     ]
     for name, res in out["models"].items():
