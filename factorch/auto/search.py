@@ -771,16 +771,33 @@ def auto_compress(
         fraction = None
     else:
         fraction = target.fraction
-        goal = fraction
-        for _attempt in range(3):  # closed loop: the measured result, not the model of it, must meet the target
-            built, report, _ = build(goal)
+        goal, best = fraction, None
+        for attempt in range(3):  # closed loop: the measured result, not the model of it, must meet the target
+            if attempt and goal < (cheapest := search.floor(total, fixed) * 1.01):
+                # the correction asks for less than the cheapest choice: try that (1 % over the floor leaves
+                # room for the knapsack's rounding of costs), once
+                if attempts[-1]["fraction"] <= cheapest:
+                    break
+                goal = cheapest
+            try:
+                built, report, _ = build(goal)
+            except ValueError:
+                if not attempt:
+                    raise  # the target itself is out of reach
+                break
             ratio = _achieved(report, target.kind, built, reference, inputs, cfg)
             attempts.append({"fraction": goal, "achieved": ratio})
+            if best is None or ratio < best[2]:
+                best = (built, report, ratio)
             if ratio <= fraction:
                 break
             goal = goal * fraction / ratio * (0.99 if target.kind == "latency" else 0.999)
-        else:
-            warnings.append(f"measured {target.kind} x{ratio:.3f} is above the target {fraction:g} after 3 attempts")
+        built, report, ratio = best
+        if ratio > fraction:
+            warnings.append(
+                f"measured {target.kind} x{ratio:.3f} is above the target {fraction:g} after {len(attempts)} "
+                "attempt(s); the closest is returned"
+            )
     if cfg.calibrate is not None:
         from factorch.api import _note_calibration
         from factorch.calibrate import calibrate_

@@ -41,6 +41,8 @@ def _ort_session(module: nn.Module, inputs: tuple[Tensor, ...], threads: int | N
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    # two sessions are timed in turn: threads spinning in the idle one would steal cores from the other
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
 
 

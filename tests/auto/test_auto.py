@@ -273,6 +273,24 @@ def test_missing_calibration_and_unreachable_target_are_errors():
         factorch.compress(tiny_net(), factorch.SVDConfig(rank=0.5), example_inputs=X, calib_data=calib())
 
 
+def test_closed_loop_that_cannot_meet_the_target_returns_the_closest_model(monkeypatch):
+    """When the measured result stays above the target and the corrected goal falls below the cheapest choice,
+    the cheapest choice is tried once, and the attempt measured closest is returned with a warning."""
+    real = search_mod._achieved
+    monkeypatch.setattr(search_mod, "_achieved", lambda report, *a: real(report, *a) + 0.5)  # never satisfied
+    cfg = AutoConfig("macs=0.35", **{**FAST, "cache": False})
+    out, report = factorch.compress(tiny_net(), cfg, example_inputs=X, calib_data=calib())
+    attempts = report.totals["attempts"]
+    search = search_mod.AutoSearch(tiny_net(), cfg, (X,), calib(), None)
+    floor = search.floor(*search.reference_total())  # costs only: no scoring needed
+    assert len(attempts) == 3 and attempts[-1]["fraction"] == pytest.approx(floor * 1.01)
+    assert all(a["fraction"] >= floor for a in attempts)
+    best = min(a["achieved"] for a in attempts)
+    assert report.totals["macs_ratio"] + 0.5 == pytest.approx(best) == attempts[-1]["achieved"]
+    assert "above the target" in " ".join(report.totals["warnings"])
+    assert out(X).shape == (1, 5)
+
+
 def test_pareto_front():
     pts = [(0.5, 90.0), (0.3, 85.0), (0.4, 84.0), (0.2, 70.0), (0.6, 89.0)]
     assert pareto_front(pts) == [(0.2, 70.0), (0.3, 85.0), (0.5, 90.0)]
