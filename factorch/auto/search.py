@@ -46,6 +46,7 @@ def fit_options(cfg: AutoConfig) -> dict[str, dict[str, Any]]:
     return {"cp": {"n_iter_max": CP_SWEEPS, "stabilize": bool(cfg.stable_cp)}}
 
 
+TIMING_VERSION = 2  # bumped when the way candidates are timed changes (2: ONNX Runtime without spinning)
 _INTERPOLATED_MAX = 7  # ranks added between two scored neighbours
 FILL = 0.98  # a proposal other than the knapsack optimum must use at least this share of the budget
 _BUILT_BYTES = 1 << 30  # probe layers kept across analyses in one process (a sweep, plain then calibrated)
@@ -418,6 +419,7 @@ class AutoSearch:
             "machine": platform.machine(),
             "processor": platform.processor(),
             "repeats": cfg.latency_repeats,
+            "timing": TIMING_VERSION,
         }
         table = TableCache(self._cache_path("latency", fingerprint(nn.Identity(), None, settings)), settings)
 
