@@ -109,7 +109,8 @@ def main() -> None:
             if tune:
                 history: list[dict] = []
                 folder = RUNS / f"{name}-{row_key.replace(' ', '-')}"
-                resume = (folder / "checkpoint.pt").is_file()
+                # without --resume a checkpoint left by an earlier run (maybe of another model) is not reused
+                resume = args.resume and (folder / "checkpoint.pt").is_file()
                 t0 = time.perf_counter()
                 factorch.finetune(
                     calibrated,
