@@ -48,3 +48,12 @@ def test_onnxruntime_timing_runs_both_models():
     small = nn.Sequential(nn.Conv2d(8, 2, 1), nn.Conv2d(2, 8, 3, padding=1)).eval()
     t = time_pair(dense, small, (torch.randn(1, 8, 6, 6),), batch_sizes=(1, 4), runtime="onnxruntime", repeats=3)
     assert set(t) == {1, 4} and all(a > 0 and b > 0 for a, b in t.values())
+
+
+@pytest.mark.parametrize("command", ["compress", "sweep"])
+def test_stable_cp_flag_reaches_the_auto_config(command):
+    from factorch.cli import _auto_config, build_parser
+
+    base = [command, "lenet5", "--out", "x"] + (["--target", "macs=0.5"] if command == "compress" else [])
+    assert _auto_config(build_parser().parse_args([*base, "--stable-cp"]), "macs=0.5").stable_cp is True
+    assert _auto_config(build_parser().parse_args(base), "macs=0.5").stable_cp is False
