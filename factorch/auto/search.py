@@ -46,6 +46,7 @@ def fit_options(cfg: AutoConfig) -> dict[str, dict[str, Any]]:
     return {"cp": {"n_iter_max": CP_SWEEPS, "stabilize": bool(cfg.stable_cp)}}
 
 
+UNDERSHOOT = 0.9  # a measured result below this share of the target is built again with more budget
 TIMING_VERSION = 2  # bumped when the way candidates are timed changes (2: ONNX Runtime without spinning)
 _INTERPOLATED_MAX = 7  # ranks added between two scored neighbours
 FILL = 0.98  # a proposal other than the knapsack optimum must use at least this share of the budget
@@ -773,7 +774,8 @@ def auto_compress(
         fraction = None
     else:
         fraction = target.fraction
-        goal, best = fraction, None
+        margin = 0.99 if target.kind == "latency" else 0.999
+        goal, best, met = fraction, None, None
         for attempt in range(3):  # closed loop: the measured result, not the model of it, must meet the target
             if attempt and goal < (cheapest := search.floor(total, fixed) * 1.01):
                 # the correction asks for less than the cheapest choice: try that (1 % over the floor leaves
@@ -789,12 +791,21 @@ def auto_compress(
                 break
             ratio = _achieved(report, target.kind, built, reference, inputs, cfg)
             attempts.append({"fraction": goal, "achieved": ratio})
+            if ratio <= fraction:
+                if met is None or goal > met[3]:  # of the models that meet it, the one given the most budget
+                    met = (built, report, ratio, goal)
+                if ratio >= UNDERSHOOT * fraction or goal >= 1.0:
+                    break
+                # far below the target (the per-layer estimates were pessimistic): relax toward it, aiming a
+                # little under it, as a relaxed model that misses the target is an attempt lost
+                goal = min(1.0, goal * fraction / ratio * 0.97)
+                continue
+            if met is not None:
+                break  # relaxing went past the target: keep the model that met it
             if best is None or ratio < best[2]:
                 best = (built, report, ratio)
-            if ratio <= fraction:
-                break
-            goal = goal * fraction / ratio * (0.99 if target.kind == "latency" else 0.999)
-        built, report, ratio = best
+            goal = goal * fraction / ratio * margin
+        built, report, ratio = met[:3] if met is not None else best
         if ratio > fraction:
             warnings.append(
                 f"measured {target.kind} x{ratio:.3f} is above the target {fraction:g} after {len(attempts)} "

@@ -291,6 +291,22 @@ def test_closed_loop_that_cannot_meet_the_target_returns_the_closest_model(monke
     assert out(X).shape == (1, 5)
 
 
+def test_closed_loop_relaxes_a_result_far_below_the_target(monkeypatch):
+    """A measured result far below the target (pessimistic per-layer estimates) is built again with more budget,
+    and the model that meets the target with the most budget is returned."""
+    real = search_mod._achieved
+    monkeypatch.setattr(search_mod, "_achieved", lambda report, *a: 0.6 * real(report, *a))  # an optimistic meter
+    cfg = AutoConfig("macs=0.3", **{**FAST, "cache": False})
+    _, report = factorch.compress(tiny_net(), cfg, example_inputs=X, calib_data=calib())
+    attempts = report.totals["attempts"]
+    assert len(attempts) >= 2 and attempts[0]["achieved"] < search_mod.UNDERSHOOT * 0.3
+    assert attempts[1]["fraction"] > attempts[0]["fraction"]  # relaxed toward the target
+    met = [a for a in attempts if a["achieved"] <= 0.3]
+    chosen = max(met, key=lambda a: a["fraction"])
+    assert 0.6 * report.totals["macs_ratio"] == pytest.approx(chosen["achieved"])
+    assert chosen is not attempts[0] and "warnings" not in report.totals
+
+
 def test_pareto_front():
     pts = [(0.5, 90.0), (0.3, 85.0), (0.4, 84.0), (0.2, 70.0), (0.6, 89.0)]
     assert pareto_front(pts) == [(0.2, 70.0), (0.3, 85.0), (0.5, 90.0)]
