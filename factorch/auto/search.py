@@ -800,8 +800,12 @@ def auto_compress(
                 # little under it, as a relaxed model that misses the target is an attempt lost
                 goal = min(1.0, goal * fraction / ratio * 0.97)
                 continue
-            if met is not None:
-                break  # relaxing went past the target: keep the model that met it
+            if met is not None:  # relaxing went past the target: keep the model that met it, unless the
+                if attempt == 2:  # secant between the two, aiming a little under the target, meets it too
+                    break
+                g0, r0 = met[3], met[2]
+                goal = g0 + (goal - g0) * (0.97 * fraction - r0) / (ratio - r0)
+                continue
             if best is None or ratio < best[2]:
                 best = (built, report, ratio)
             goal = goal * fraction / ratio * margin

@@ -307,6 +307,23 @@ def test_closed_loop_relaxes_a_result_far_below_the_target(monkeypatch):
     assert chosen is not attempts[0] and "warnings" not in report.totals
 
 
+def test_closed_loop_keeps_the_model_that_met_the_target_when_relaxing_overshoots(monkeypatch):
+    real = search_mod._achieved
+
+    def jumpy(report, *a):  # optimistic for small models, exact for larger ones
+        r = real(report, *a)
+        return 0.5 * r if r <= 0.35 else r
+
+    monkeypatch.setattr(search_mod, "_achieved", jumpy)
+    cfg = AutoConfig("macs=0.3", **{**FAST, "cache": False})
+    _, report = factorch.compress(tiny_net(), cfg, example_inputs=X, calib_data=calib())
+    a = report.totals["attempts"]
+    assert len(a) == 3 and a[0]["achieved"] <= 0.3 < a[1]["achieved"]
+    assert a[0]["fraction"] < a[2]["fraction"] < a[1]["fraction"]  # the secant between the two
+    assert a[2]["achieved"] > 0.3 and 0.5 * report.totals["macs_ratio"] == pytest.approx(a[0]["achieved"])
+    assert "warnings" not in report.totals
+
+
 def test_pareto_front():
     pts = [(0.5, 90.0), (0.3, 85.0), (0.4, 84.0), (0.2, 70.0), (0.6, 89.0)]
     assert pareto_front(pts) == [(0.2, 70.0), (0.3, 85.0), (0.5, 90.0)]
