@@ -775,12 +775,13 @@ def auto_compress(
     else:
         fraction = target.fraction
         margin = 0.99 if target.kind == "latency" else 0.999
-        goal, best, met = fraction, None, None
+        tried: list[tuple[float, float, nn.Module, CompressionReport]] = []  # (goal, measured, model, report)
+        goal = fraction
         for attempt in range(3):  # closed loop: the measured result, not the model of it, must meet the target
             if attempt and goal < (cheapest := search.floor(total, fixed) * 1.01):
                 # the correction asks for less than the cheapest choice: try that (1 % over the floor leaves
                 # room for the knapsack's rounding of costs), once
-                if attempts[-1]["fraction"] <= cheapest:
+                if tried[-1][0] <= cheapest:
                     break
                 goal = cheapest
             try:
@@ -791,25 +792,22 @@ def auto_compress(
                 break
             ratio = _achieved(report, target.kind, built, reference, inputs, cfg)
             attempts.append({"fraction": goal, "achieved": ratio})
+            tried.append((goal, ratio, built, report))
+            met = [t for t in tried if t[1] <= fraction]
             if ratio <= fraction:
-                if met is None or goal > met[3]:  # of the models that meet it, the one given the most budget
-                    met = (built, report, ratio, goal)
                 if ratio >= UNDERSHOOT * fraction or goal >= 1.0:
                     break
                 # far below the target (the per-layer estimates were pessimistic): relax toward it, aiming a
                 # little under it, as a relaxed model that misses the target is an attempt lost
                 goal = min(1.0, goal * fraction / ratio * 0.97)
-                continue
-            if met is not None:  # relaxing went past the target: keep the model that met it, unless the
-                if attempt == 2:  # secant between the two, aiming a little under the target, meets it too
-                    break
-                g0, r0 = met[3], met[2]
+            elif met:  # relaxing went past the target: try the secant between the two, aiming a little under
+                g0, r0 = max(met, key=lambda t: t[0])[:2]
                 goal = g0 + (goal - g0) * (0.97 * fraction - r0) / (ratio - r0)
-                continue
-            if best is None or ratio < best[2]:
-                best = (built, report, ratio)
-            goal = goal * fraction / ratio * margin
-        built, report, ratio = met[:3] if met is not None else best
+            else:
+                goal = goal * fraction / ratio * margin
+        met = [t for t in tried if t[1] <= fraction]
+        # of the models that meet the target, the one given the most budget; else the one measured closest
+        _, ratio, built, report = max(met, key=lambda t: t[0]) if met else min(tried, key=lambda t: t[1])
         if ratio > fraction:
             warnings.append(
                 f"measured {target.kind} x{ratio:.3f} is above the target {fraction:g} after {len(attempts)} "
