@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -126,7 +126,29 @@ def compress(
         )
     if eval_fn is not None:
         raise ValueError("eval_fn is used by AutoConfig only; this config does not take it")
-    plan = _as_plan(config)
+    return _compress_plan(
+        model,
+        _as_plan(config),
+        inputs=_as_inputs(example_inputs),
+        inplace=inplace,
+        keep_edges=keep_edges,
+        calib_data=calib_data,
+    )
+
+
+def _compress_plan(
+    model: nn.Module,
+    plan: Plan,
+    *,
+    inputs: tuple | None,
+    inplace: bool,
+    keep_edges: bool,
+    calib_data: Any,
+    prebuilt: Mapping[str, FactorizedLayer] | None = None,
+) -> tuple[nn.Module, CompressionReport]:
+    """:func:`compress` for a plan. ``prebuilt``: layers already factorized from exactly the dense layer the
+    plan names, with its method and ranks (AutoConfig's search made them); used (copied) instead of
+    decomposing again."""
     calibrating = [c for c in plan.layers.values() if c is not None and c.calibrate is not None]
     if calib_data is not None and not calibrating:
         raise ValueError(
@@ -135,7 +157,6 @@ def compress(
         )
     if calibrating and calib_data is None:
         raise ValueError("calibrate=... needs calib_data (a tensor or DataLoader of calibration inputs)")
-    inputs = _as_inputs(example_inputs)
     names_in_model = {n for n, _ in model.named_modules() if n}
     units = {n + ".": n for n, _ in factorized_layers(model)}
     for name in plan.exact_names():
@@ -218,7 +239,11 @@ def compress(
                 f"MACs {macs} vs {dense_macs}); allow_larger=True keeps it anyway"
             )
             continue
-        new = cls.from_dense(layer, ranks, **options)
+        ready = (prebuilt or {}).get(name)
+        if ready is not None and (ready.method, tuple(ready.ranks)) == (method, tuple(ranks)):
+            new = copy.deepcopy(ready)
+        else:
+            new = cls.from_dense(layer, ranks, **options)
         row.method, row.ranks = method, tuple(ranks)
         row.params_after, row.macs_after = params, macs
         row.rel_error = _weight_error(layer, new)

@@ -690,7 +690,7 @@ def auto_compress(
     inplace: bool,
 ) -> tuple[nn.Module, CompressionReport]:
     """:func:`factorch.compress` for an :class:`AutoConfig` (see there)."""
-    from factorch.api import compress
+    from factorch.api import _compress_plan
 
     target: Target = cfg.parsed_target
     if target.fraction is None and eval_fn is None:
@@ -736,7 +736,17 @@ def auto_compress(
 
     def build(fraction: float) -> tuple[nn.Module, CompressionReport, float]:
         choice, predicted = search.choose(fraction, total, fixed)
-        built, report = compress(model, search.plan(choice), example_inputs=inputs, inplace=False)
+        # the layers the search built and measured, not decomposed again
+        prebuilt = {lc.name: search._replacement(lc, c) for lc in search.layers if (c := choice.get(lc.name))}
+        built, report = _compress_plan(
+            model,
+            search.plan(choice),
+            inputs=inputs,
+            inplace=False,
+            keep_edges=True,
+            calib_data=None,
+            prebuilt=prebuilt,
+        )
         report.totals["predicted_damage"] = predicted
         for row in report.layers:
             if row.skipped is None:

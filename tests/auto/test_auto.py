@@ -524,6 +524,31 @@ def test_the_built_model_is_the_model_the_search_measured(stable_cp):
     assert report.config["stable_cp"] is stable_cp
 
 
+def test_the_final_build_reuses_the_layers_the_search_decomposed(monkeypatch):
+    """No layer is decomposed twice for the same ranks: the built model takes (copies of) the search's layers,
+    which matters for slow fits (stabilised CP)."""
+    from factorch.layers.cp import CPConv
+
+    calls: list[tuple] = []
+    original = CPConv.from_dense.__func__
+
+    def counting(cls, layer, ranks, *args, **kwargs):
+        if kwargs.get("decompose_weights", True):
+            calls.append((tuple(layer.weight.shape), float(layer.weight.detach().double().sum()), tuple(ranks)))
+        return original(cls, layer, ranks, *args, **kwargs)
+
+    monkeypatch.setattr(CPConv, "from_dense", classmethod(counting))
+    model, data = tiny_net(), calib()
+    cfg = AutoConfig("macs=0.5", **{**FAST, "methods": ("cp",), "cache": False, "refine": 0})
+    out, report = factorch.compress(model, cfg, example_inputs=X, calib_data=data)
+    cps = {name: m for name, m in out.named_modules() if isinstance(m, CPConv)}
+    assert cps and len(calls) == len(set(calls))
+    # copies: training the returned model leaves the search's layers (reused by a later call) untouched
+    from factorch.auto.search import _built_cache
+
+    assert not any(m is c for m in cps.values() for c in _built_cache.values())
+
+
 def test_refine_must_be_a_non_negative_int():
     with pytest.raises(ValueError, match="refine"):
         AutoConfig("macs=0.5", refine=-1)
