@@ -13,7 +13,8 @@ For vgg and resnet20 (the shipped Fashion-MNIST weights), no fine-tuning, one pr
   with the ``onnx`` extra installed, with ``runtime="onnxruntime"`` (candidates, dense layers and both whole
   models timed as ONNX Runtime sessions).
 
-Accuracy is on the full Fashion-MNIST test set (10 000 images); candidates are scored on 256 training images.
+Accuracy is on the full Fashion-MNIST test set (10 000 images); candidates are scored on ``--calib`` training
+images (default: AutoConfig's, 1024).
 Run from the repository root (Fashion-MNIST from Debian's ``dataset-fashion-mnist``)::
 
     .venv/bin/python benchmarks/auto_budget.py [--models vgg,resnet20]
@@ -51,6 +52,14 @@ def main() -> None:
     )
     parser.add_argument("--refine", type=int, default=1, help="AutoConfig(refine=...) rounds")
     parser.add_argument(
+        "--calib", type=int, default=AutoConfig.calib_samples, help="training images the candidates are scored on"
+    )
+    parser.add_argument(
+        "--keep-latency",
+        action="store_true",
+        help="skip the latency=0.5 rows and keep them from the last results (marked as from an earlier run)",
+    )
+    parser.add_argument(
         "--only-methods",
         action="store_true",
         help="only the per-method auto vs uniform rows; the model's other rows are kept from the last results "
@@ -64,7 +73,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     train, test = fashion_mnist("train", augment=False), fashion_mnist("test")
-    calib = DataLoader(calibration_subset(train, 256), batch_size=128)
+    calib = DataLoader(calibration_subset(train, args.calib), batch_size=128)
     x = test[0][0][None]
 
     def acc(m: torch.nn.Module) -> float:
@@ -75,7 +84,7 @@ def main() -> None:
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "platform": platform.platform(),
-            "calibration": "256 Fashion-MNIST training images",
+            "calibration": f"{args.calib} Fashion-MNIST training images",
             "accuracy": "Fashion-MNIST test set, 10 000 images, no fine-tuning",
             "refine": args.refine,
         },
@@ -107,6 +116,7 @@ def main() -> None:
                 "methods": sorted({r.method for r in report.layers if r.skipped is None}),
                 "layers_compressed": t["layers_compressed"],
                 "time_s": round(seconds, 1),
+                "calibration": args.calib,
                 "chosen": (t.get("sensitivity") or {}).get("chosen"),
                 "sensitivity": t.get("sensitivity"),
             }
@@ -125,7 +135,9 @@ def main() -> None:
             built, report, _ = uniform_compress(model, method, "macs=0.33", example_inputs=x, **options)
             record(f"uniform {method}", report, built, time.perf_counter() - t0, "macs=0.33")
             t0 = time.perf_counter()
-            cfg = AutoConfig("macs=0.33", methods=(method,), measure=False, refine=args.refine)
+            cfg = AutoConfig(
+                "macs=0.33", methods=(method,), measure=False, refine=args.refine, calib_samples=args.calib
+            )
             built, report = factorch.compress(model, cfg, example_inputs=x, calib_data=calib)
             record(f"auto {method}", report, built, time.perf_counter() - t0)
         if args.only_methods:
@@ -137,10 +149,16 @@ def main() -> None:
             continue
         for target in () if args.only_latency else ("macs=0.33", "params=0.25"):
             t0 = time.perf_counter()
-            cfg = AutoConfig(target, refine=args.refine)
+            cfg = AutoConfig(target, refine=args.refine, calib_samples=args.calib)
             built, report = factorch.compress(model, cfg, example_inputs=x, calib_data=calib)
             record("auto all methods", report, built, time.perf_counter() - t0)
         runs = [("torch", True), ("torch", False)] + ([("onnxruntime", True)] if has_onnxruntime() else [])
+        if args.keep_latency:
+            runs = []
+            for r in earlier.get(name, {}).get("rows", []):
+                if r["target"].startswith("latency"):
+                    rows.append({**r, "earlier_run": True, "calibration": r.get("calibration", 256)})
+            res["unreachable"] = earlier.get(name, {}).get("unreachable", [])
         for runtime, fold in runs:
             t0 = time.perf_counter()
             cfg = AutoConfig(
@@ -151,6 +169,7 @@ def main() -> None:
                 fold_bn=fold,
                 refine=args.refine,
                 runtime=runtime,
+                calib_samples=args.calib,
             )
             suffix = ("" if fold else "_no_fold_bn") + ("" if runtime == "torch" else f"_{runtime}")
             run = (
@@ -195,7 +214,8 @@ def write(out: dict) -> None:
         ]
         for r in res["rows"]:
             cells = [
-                r["run"] + (" (earlier run)" if r.get("earlier_run") else ""),
+                r["run"]
+                + (f" (earlier run, {r.get('calibration', 256)} calibration images)" if r.get("earlier_run") else ""),
                 r["target"] or "-",
                 f"{r['params_ratio']:.3f}",
                 f"{r['macs_ratio']:.3f}",
@@ -211,8 +231,8 @@ def write(out: dict) -> None:
             lines.append("| " + " | ".join(cells) + " |")
         if any(r.get("earlier_run") for r in res["rows"]):
             lines.append(
-                "* rows marked (earlier run) are kept from the previous results (an earlier AutoConfig, before the "
-                "balanced / single-method / in-context refinement proposals); they were not re-run with the rows above"
+                "* rows marked (earlier run) are kept from the previous results file, measured by an earlier run with "
+                "the calibration images named; they were not re-run with the rows above"
             )
         for u in res.get("unreachable", []):
             lines.append(f"* {u['run']} at `{u['target']}`: {u['error']}")

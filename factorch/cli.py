@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
+from factorch.auto.config import AutoConfig
+
 # a wide console when output is not a terminal (CI logs, pipes), so tables are not folded into slivers
 console = Console() if Console().is_terminal else Console(width=160)
 
@@ -25,7 +27,9 @@ def _add_auto_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="batch size of latency measurements and targets")
     p.add_argument("--round-to", type=int, default=1, help="ranks are multiples of this")
     p.add_argument("--runtime", default="torch", choices=["torch", "onnxruntime"], help="runtime timed for latency")
-    p.add_argument("--calib", type=int, default=256, help="training images used to score candidate layers")
+    p.add_argument(
+        "--calib", type=int, default=AutoConfig.calib_samples, help="training images used to score candidate layers"
+    )
     p.add_argument("--refine", type=int, default=1, help="rounds of in-context re-scoring of the chosen layers")
     p.add_argument(
         "--stable-cp",
@@ -35,7 +39,6 @@ def _add_auto_options(p: argparse.ArgumentParser) -> None:
 
 
 def _auto_config(args: argparse.Namespace, target: str):
-    from factorch.auto import AutoConfig
 
     return AutoConfig(
         target,
@@ -54,9 +57,8 @@ def _auto_config(args: argparse.Namespace, target: str):
 def _calibration(args: argparse.Namespace, n: int):
     from factorch.data import calibration_subset, fashion_mnist
 
-    return torch.utils.data.DataLoader(
-        calibration_subset(fashion_mnist("train", args.data_root, augment=False), n), batch_size=128
-    )
+    train = fashion_mnist("train", args.data_root, augment=False)
+    return torch.utils.data.DataLoader(calibration_subset(train, min(n, len(train))), batch_size=128)
 
 
 def _parse_shape(text: str) -> tuple[int, ...]:
@@ -517,7 +519,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         model,
         configs,
         example_inputs=torch.randn(*args.input_shape),
-        calib_data=_calibration(args, configs[0].calib_samples if configs else 256),
+        calib_data=_calibration(args, configs[0].calib_samples if configs else AutoConfig.calib_samples),
         eval_fn=lambda m: evaluate(m, test, show_progress=False)["accuracy"],
         baseline=None if args.baseline == "none" else args.baseline,
         out=Path(args.out),
