@@ -140,11 +140,16 @@ def main() -> None:
             )
             built, report = factorch.compress(model, cfg, example_inputs=x, calib_data=calib)
             record(f"auto {method}", report, built, time.perf_counter() - t0)
-        if args.only_methods:
+
+        def keep_earlier(wanted) -> None:
+            """The last results' rows for which ``wanted(row)``, marked as from an earlier run."""
             for r in earlier.get(name, {}).get("rows", []):
-                if r["run"].startswith("auto all methods"):
-                    rows.append({**r, "earlier_run": True, "vs_uniform": None})
+                if wanted(r):
+                    rows.append({**r, "earlier_run": True, "calibration": r.get("calibration", 256)})
             res["unreachable"] = earlier.get(name, {}).get("unreachable", [])
+
+        if args.only_methods:
+            keep_earlier(lambda r: r["run"].startswith("auto all methods"))
             write(out)
             continue
         for target in () if args.only_latency else ("macs=0.33", "params=0.25"):
@@ -155,10 +160,7 @@ def main() -> None:
         runs = [("torch", True), ("torch", False)] + ([("onnxruntime", True)] if has_onnxruntime() else [])
         if args.keep_latency:
             runs = []
-            for r in earlier.get(name, {}).get("rows", []):
-                if r["target"].startswith("latency"):
-                    rows.append({**r, "earlier_run": True, "calibration": r.get("calibration", 256)})
-            res["unreachable"] = earlier.get(name, {}).get("unreachable", [])
+            keep_earlier(lambda r: r["target"].startswith("latency"))
         for runtime, fold in runs:
             t0 = time.perf_counter()
             cfg = AutoConfig(

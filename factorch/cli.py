@@ -39,7 +39,6 @@ def _add_auto_options(p: argparse.ArgumentParser) -> None:
 
 
 def _auto_config(args: argparse.Namespace, target: str):
-
     return AutoConfig(
         target,
         methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
