@@ -52,6 +52,9 @@ def main() -> None:
     )
     parser.add_argument("--refine", type=int, default=1, help="AutoConfig(refine=...) rounds")
     parser.add_argument(
+        "--polish", type=int, default=AutoConfig.polish, help="AutoConfig(polish=...) whole-network measurements"
+    )
+    parser.add_argument(
         "--calib", type=int, default=AutoConfig.calib_samples, help="training images the candidates are scored on"
     )
     parser.add_argument(
@@ -87,6 +90,7 @@ def main() -> None:
             "calibration": f"{args.calib} Fashion-MNIST training images",
             "accuracy": "Fashion-MNIST test set, 10 000 images, no fine-tuning",
             "refine": args.refine,
+            "polish": args.polish,
         },
         "models": {},
     }
@@ -117,6 +121,7 @@ def main() -> None:
                 "layers_compressed": t["layers_compressed"],
                 "time_s": round(seconds, 1),
                 "calibration": args.calib,
+                "polish": args.polish,
                 "chosen": (t.get("sensitivity") or {}).get("chosen"),
                 "sensitivity": t.get("sensitivity"),
             }
@@ -136,7 +141,12 @@ def main() -> None:
             record(f"uniform {method}", report, built, time.perf_counter() - t0, "macs=0.33")
             t0 = time.perf_counter()
             cfg = AutoConfig(
-                "macs=0.33", methods=(method,), measure=False, refine=args.refine, calib_samples=args.calib
+                "macs=0.33",
+                methods=(method,),
+                measure=False,
+                refine=args.refine,
+                polish=args.polish,
+                calib_samples=args.calib,
             )
             built, report = factorch.compress(model, cfg, example_inputs=x, calib_data=calib)
             record(f"auto {method}", report, built, time.perf_counter() - t0)
@@ -154,7 +164,7 @@ def main() -> None:
             continue
         for target in () if args.only_latency else ("macs=0.33", "params=0.25"):
             t0 = time.perf_counter()
-            cfg = AutoConfig(target, refine=args.refine, calib_samples=args.calib)
+            cfg = AutoConfig(target, refine=args.refine, polish=args.polish, calib_samples=args.calib)
             built, report = factorch.compress(model, cfg, example_inputs=x, calib_data=calib)
             record("auto all methods", report, built, time.perf_counter() - t0)
         runs = [("torch", True), ("torch", False)] + ([("onnxruntime", True)] if has_onnxruntime() else [])
@@ -170,6 +180,7 @@ def main() -> None:
                 latency_repeats=9,
                 fold_bn=fold,
                 refine=args.refine,
+                polish=args.polish,
                 runtime=runtime,
                 calib_samples=args.calib,
             )
@@ -198,8 +209,9 @@ def write(out: dict) -> None:
         "# auto_budget: AutoConfig vs uniform compression (no fine-tuning)",
         "",
         f"torch {s['torch']}, {s['threads']} threads, {s['platform']}. Calibration: {s['calibration']}; "
-        f"accuracy: {s['accuracy']}. AutoConfig(refine={s.get('refine', 1)}): the built choice is the proposal "
-        "(knapsack, balanced, minimax, each method alone, uniform per method, refined) with the least "
+        f"accuracy: {s['accuracy']}. AutoConfig(refine={s.get('refine', 1)}, polish={s.get('polish', 0)}): the "
+        "built choice is the proposal (knapsack, balanced, minimax, each method alone, uniform per method, "
+        "refined, then polished by a local search of at most `polish` whole-network measurements) with the least "
         "whole-network KL on the calibration images ('chosen'); CP layers: 25 ALS sweeps, as scored, in the "
         "uniform runs too. 'vs uniform': accuracy points above the uniform run of the same method. Latency "
         "ratios: compressed / dense, median of 20 paired alternating runs at batch 64 (and 1), on eager torch "
@@ -217,7 +229,11 @@ def write(out: dict) -> None:
         for r in res["rows"]:
             cells = [
                 r["run"]
-                + (f" (earlier run, {r.get('calibration', 256)} calibration images)" if r.get("earlier_run") else ""),
+                + (
+                    f" (earlier run, {r.get('calibration', 256)} calibration images, polish={r.get('polish', 0)})"
+                    if r.get("earlier_run")
+                    else ""
+                ),
                 r["target"] or "-",
                 f"{r['params_ratio']:.3f}",
                 f"{r['macs_ratio']:.3f}",

@@ -32,6 +32,12 @@ def _add_auto_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--refine", type=int, default=1, help="rounds of in-context re-scoring of the chosen layers")
     p.add_argument(
+        "--polish",
+        type=int,
+        default=AutoConfig.polish,
+        help="whole-network measurements of the local search after refinement (0: off)",
+    )
+    p.add_argument(
         "--stable-cp",
         action="store_true",
         help="score and build CP layers with the stabilising correction (for heavy fine-tuning or quantisation)",
@@ -47,6 +53,7 @@ def _auto_config(args: argparse.Namespace, target: str):
         runtime=args.runtime,
         calib_samples=args.calib,
         refine=args.refine,
+        polish=args.polish,
         stable_cp=args.stable_cp,
         fold_bn=getattr(args, "fold_bn", None),  # None: folded for latency targets
         threads=getattr(args, "threads", None),

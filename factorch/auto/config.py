@@ -76,6 +76,10 @@ class AutoConfig:
             layer replaced by its current choice, the knapsack is solved again, and the new choice is kept only
             if the whole network's damage (measured, all layers replaced at once) is lower. Single-layer damages
             add up poorly at strong compression; this corrects for their interaction. ``0``: off.
+        polish: at most this many whole-network measurements of a local search after refinement: one layer one
+            step dearer and another one step cheaper, kept when the whole network's measured damage falls (see
+            ``AutoSearch._polish``). Catches what summed per-layer damages miss where many layers are
+            compressed hard; each measurement is one pass over the calibration inputs. ``0``: off.
         stable_cp: CP candidates are scored, and the chosen CP layers built, with one and the same fit (so the
             model built is the model the search measured): 25 ALS sweeps, then with ``True`` the stabilising
             correction of ``factorch.decompose.cp`` (term norms kept small at 1 % more weight error; slower to
@@ -107,6 +111,7 @@ class AutoConfig:
     levels: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.25, 0.33, 0.45, 0.6, 0.8)
     calib_samples: int = 1024
     refine: int = 1
+    polish: int = 200
     stable_cp: bool = False
     keep_edges: bool = True
     fold_bn: bool | None = None
@@ -144,6 +149,8 @@ class AutoConfig:
             )
         if self.runtime not in RUNTIMES:
             raise ValueError(f"AutoConfig(runtime=...) must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
+        if isinstance(self.polish, bool) or not isinstance(self.polish, numbers.Integral) or self.polish < 0:
+            raise ValueError(f"AutoConfig(polish=...) must be an int >= 0, got {self.polish!r}")
         for name in ("round_to", "batch_size", "calib_samples", "latency_repeats"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
@@ -180,6 +187,7 @@ class AutoConfig:
                 "levels",
                 "calib_samples",
                 "refine",
+                "polish",
                 "stable_cp",
                 "keep_edges",
                 "fold_bn",

@@ -364,9 +364,94 @@ class AutoSearch:
             if not measured[-1][0] < best[0]:
                 break
             best = measured[-1]
+        if self.cfg.polish:
+            polished = self._polish(best[2], fraction, total, fixed)
+            if polished is not None:
+                best = (*polished, best[3])
+                measured.append(best)
         self.stats["proposals"] = [{"proposal": m[1], "joint_damage": m[0], "predicted_damage": m[3]} for m in measured]
         self.stats["chosen"] = best[1]
         return best[2], best[3]
+
+    def _polish(
+        self, start: dict[str, Candidate | None], fraction: float, total: float, fixed: float
+    ) -> tuple[float, str, dict[str, Candidate | None]] | None:
+        """Local search on the measured whole-network damage, from ``start``, at most ``cfg.polish`` new
+        measurements: a move takes one layer one step dearer on its ladder of options (dense, then its
+        candidates from the costliest down) and, unless the budget allows it as is, another layer as few steps
+        cheaper as bring the choice within the budget; the first move that lowers the measured damage is kept,
+        until none does. Moves are tried in the order of their predicted change (the candidates' current
+        damages, in-context after refinement). Only choices within ``[FILL, 1] * budget`` (or dearer than the
+        current one) are considered. Returns ``(damage, "polished (n moves)", choice)``, or ``None`` if no
+        move helped.
+
+        Summed per-layer damages, even re-scored in context, miss how the errors of many strongly compressed
+        layers compound; measuring whole choices does not (see benchmarks/README.md, auto_budget).
+        """
+        limit, low = fraction * total, FILL * fraction * total
+        ladders: dict[str, list[Candidate | None]] = {}
+        for lc in self.layers:
+            # measured candidates, and interpolated ranks of the methods whose layers are cheap to build
+            options = [c for c in lc.candidates if c.measured or c.method != "cp"]
+            if (c := start[lc.name]) is not None and all(o.key != c.key for o in options):
+                options.append(c)
+            ladders[lc.name] = [None, *sorted(options, key=lambda c: -_cost(self.kind, c))]
+
+        def position(choice: dict[str, Candidate | None], name: str) -> int:
+            c = choice[name]
+            return 0 if c is None else next(i for i, o in enumerate(ladders[name]) if o is not None and o.key == c.key)
+
+        def damage_of(c: Candidate | None) -> float:
+            return 0.0 if c is None else c.damage
+
+        current, value = dict(start), self._joint(start)
+        evals, moves_kept = 0, 0
+        names = [lc.name for lc in self.layers]
+        with progress_bar("polishing", self.cfg.polish, enabled=self.cfg.progress) as advance:
+            while evals < self.cfg.polish:
+                moves, spent = [], self._total_cost(current, fixed)
+                for b in names:  # b one step dearer
+                    ib = position(current, b)
+                    if ib == 0:
+                        continue
+                    dearer = ladders[b][ib - 1]
+                    gain = damage_of(dearer) - damage_of(current[b])
+                    for a in [None, *names]:  # a cheaper, by as few steps as fit the budget (None: as is)
+                        cand = dict(current)
+                        cand[b] = dearer
+                        cost = self._total_cost(cand, fixed)
+                        if a is not None:
+                            if a == b:
+                                continue
+                            ia = position(current, a)
+                            for step in range(ia + 1, len(ladders[a])):
+                                cand[a] = ladders[a][step]
+                                cost = self._total_cost(cand, fixed)
+                                if cost <= limit:
+                                    break
+                            if cand[a] is current[a]:  # a is at its cheapest already
+                                continue
+                        if cost <= limit and (cost >= low or cost >= spent):
+                            delta = gain + (0.0 if a is None else damage_of(cand[a]) - damage_of(current[a]))
+                            moves.append((delta, len(moves), cand))
+                moves.sort(key=lambda m: m[:2])
+                improved = False
+                for _, _, cand in moves:
+                    if evals >= self.cfg.polish:
+                        break
+                    fresh = self._table.get(f"joint|{_choice_tag(cand)}") is None
+                    measured = self._joint(cand)
+                    if fresh:
+                        evals += 1
+                        advance()
+                    if measured < value:
+                        current, value, improved = cand, measured, True
+                        moves_kept += 1
+                        break
+                if not improved:
+                    break
+        self.stats["polished"] = {"measurements": evals, "moves": moves_kept}
+        return (value, f"polished ({moves_kept} moves)", current) if moves_kept else None
 
     def _interpolate(self) -> None:
         """Add ranks between scored neighbours (damage interpolated in cost) so budgets can be met closely.

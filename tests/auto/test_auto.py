@@ -40,7 +40,12 @@ def calib():
 
 
 FAST = dict(
-    methods=("tucker2", "svd", "spatial-svd"), levels=(0.1, 0.25, 0.5, 0.8), measure=False, progress=False, refine=0
+    methods=("tucker2", "svd", "spatial-svd"),
+    levels=(0.1, 0.25, 0.5, 0.8),
+    measure=False,
+    progress=False,
+    refine=0,
+    polish=0,
 )
 
 
@@ -549,6 +554,71 @@ def test_the_final_build_reuses_the_layers_the_search_decomposed(monkeypatch):
     assert not any(m is c for m in cps.values() for c in _built_cache.values())
 
 
-def test_refine_must_be_a_non_negative_int():
+def test_refine_and_polish_must_be_non_negative_ints():
     with pytest.raises(ValueError, match="refine"):
         AutoConfig("macs=0.5", refine=-1)
+    for bad in (-1, True, 2.5):
+        with pytest.raises(ValueError, match="polish"):
+            AutoConfig("macs=0.5", polish=bad)
+
+
+def _polish_setup(polish):
+    cfg = AutoConfig("macs=0.4", **{**FAST, "cache": False, "polish": polish})
+    search = search_mod.AutoSearch(tiny_net(), cfg, (X,), calib(), None)
+    search.score()
+    total, fixed = search.reference_total()
+    return search, total, fixed
+
+
+def test_polish_moves_the_budget_to_where_the_measured_damage_falls():
+    """A whole-network damage the per-layer scores know nothing about (one layer's rank matters ten times
+    more): from uniform compression, the local search moves budget to that layer, each kept move lowers the
+    measured damage, and the budget holds."""
+    search, total, fixed = _polish_setup(200)
+    heavy = search.layers[1].name
+    calls = []
+
+    def fake_joint(choice):
+        calls.append(choice)
+        return sum(
+            (10.0 if lc.name == heavy else 1.0) * (0.0 if c is None else 1.0 - c.macs / lc.dense_macs)
+            for lc in search.layers
+            for c in [choice[lc.name]]
+        )
+
+    search._joint = fake_joint
+    start, _ = search.solve_uniform(0.4, total, fixed, "svd")
+    found = search._polish(start, 0.4, total, fixed)
+    assert found is not None
+    value, name, choice = found
+    assert value < fake_joint(start) and value == pytest.approx(fake_joint(choice))
+    assert name == f"polished ({search.stats['polished']['moves']} moves)"
+    used = search._total_cost(choice, fixed)
+    assert used <= 0.4 * total and used >= min(search._total_cost(start, fixed), search_mod.FILL * 0.4 * total)
+    heavy_macs = [c.macs if c else lc.dense_macs for lc in search.layers if lc.name == heavy for c in [choice[heavy]]]
+    start_macs = [c.macs if c else lc.dense_macs for lc in search.layers if lc.name == heavy for c in [start[heavy]]]
+    assert heavy_macs[0] > start_macs[0]
+    # stopped at a local optimum before the measurement budget: no layer's next dearer option fits the budget
+    # (with this damage, every costlier one that fits would help)
+    assert search.stats["polished"]["measurements"] < 200
+    for lc in search.layers:
+        ladder = [None, *sorted((o for o in lc.candidates if o.measured or o.method != "cp"), key=lambda o: -o.macs)]
+        keys = [None if o is None else o.key for o in ladder]
+        at = keys.index(None if choice[lc.name] is None else choice[lc.name].key)
+        if at > 0 and ladder[at - 1].macs > choice[lc.name].macs:  # (an equal-cost option of another method: no gain)
+            assert search._total_cost({**choice, lc.name: ladder[at - 1]}, fixed) > 0.4 * total
+
+
+def test_polish_stops_at_its_measurement_budget_and_compress_reports_it():
+    search, total, fixed = _polish_setup(3)
+    start, _ = search.solve_uniform(0.4, total, fixed, "svd")
+    search._polish(start, 0.4, total, fixed)
+    assert search.stats["polished"]["measurements"] <= 3
+    out, report = factorch.compress(
+        tiny_net(), AutoConfig("macs=0.4", **{**FAST, "polish": 25}), example_inputs=X, calib_data=calib()
+    )
+    stats = report.totals["sensitivity"]
+    chosen = next(p for p in stats["proposals"] if p["proposal"] == stats["chosen"])
+    assert chosen["joint_damage"] == min(p["joint_damage"] for p in stats["proposals"])
+    assert 0.98 * 0.4 <= report.to_dict()["totals"]["macs_ratio"] <= 0.4
+    assert report.config["polish"] == 25
