@@ -376,8 +376,8 @@ class AutoSearch:
     def _polish(
         self, start: dict[str, Candidate | None], fraction: float, total: float, fixed: float
     ) -> tuple[float, str, dict[str, Candidate | None]] | None:
-        """Local search on the measured whole-network damage, from ``start``, at most ``cfg.polish`` new
-        measurements: a move takes one layer one step dearer on its ladder of options (dense, then its
+        """Local search on the measured whole-network damage, from ``start``, at most ``cfg.polish`` choices
+        tried: a move takes one layer one step dearer on its ladder of options (dense, then its
         candidates from the costliest down) and, unless the budget allows it as is, another layer as few steps
         cheaper as bring the choice within the budget; the first move that lowers the measured damage is kept,
         until none does. Moves are tried in the order of their predicted change (the candidates' current
@@ -405,7 +405,9 @@ class AutoSearch:
             return 0.0 if c is None else c.damage
 
         current, value = dict(start), self._joint(start)
-        evals, moves_kept = 0, 0
+        # every choice tried counts against the cap, measured now or read from the table, so a repeat run (all
+        # read) retraces the first run's path and stops where it stopped; a choice already tried is not retried
+        tried, evals, fresh, moves_kept = {_choice_tag(start)}, 0, 0, 0
         names = [lc.name for lc in self.layers]
         with progress_bar("polishing", self.cfg.polish, enabled=self.cfg.progress) as advance:
             while evals < self.cfg.polish:
@@ -431,7 +433,7 @@ class AutoSearch:
                                     break
                             if cand[a] is current[a]:  # a is at its cheapest already
                                 continue
-                        if cost <= limit and (cost >= low or cost >= spent):
+                        if cost <= limit and (cost >= low or cost >= spent) and _choice_tag(cand) not in tried:
                             delta = gain + (0.0 if a is None else damage_of(cand[a]) - damage_of(current[a]))
                             moves.append((delta, len(moves), cand))
                 moves.sort(key=lambda m: m[:2])
@@ -439,18 +441,21 @@ class AutoSearch:
                 for _, _, cand in moves:
                     if evals >= self.cfg.polish:
                         break
-                    fresh = self._table.get(f"joint|{_choice_tag(cand)}") is None
+                    tag = _choice_tag(cand)
+                    if tag in tried:  # reached by two moves of this round
+                        continue
+                    tried.add(tag)
+                    fresh += self._table.get(f"joint|{tag}") is None
                     measured = self._joint(cand)
-                    if fresh:
-                        evals += 1
-                        advance()
+                    evals += 1
+                    advance()
                     if measured < value:
                         current, value, improved = cand, measured, True
                         moves_kept += 1
                         break
                 if not improved:
                     break
-        self.stats["polished"] = {"measurements": evals, "moves": moves_kept}
+        self.stats["polished"] = {"tried": evals, "measurements": fresh, "moves": moves_kept}
         return (value, f"polished ({moves_kept} moves)", current) if moves_kept else None
 
     def _interpolate(self) -> None:
