@@ -52,7 +52,7 @@ def main() -> None:
     )
     parser.add_argument("--refine", type=int, default=1, help="AutoConfig(refine=...) rounds")
     parser.add_argument(
-        "--polish", type=int, default=AutoConfig.polish, help="AutoConfig(polish=...) whole-network measurements"
+        "--polish", type=int, default=AutoConfig.polish, help="AutoConfig(polish=...): choices the local search may try"
     )
     parser.add_argument(
         "--calib", type=int, default=AutoConfig.calib_samples, help="training images the candidates are scored on"
@@ -211,7 +211,7 @@ def write(out: dict) -> None:
         f"torch {s['torch']}, {s['threads']} threads, {s['platform']}. Calibration: {s['calibration']}; "
         f"accuracy: {s['accuracy']}. AutoConfig(refine={s.get('refine', 1)}, polish={s.get('polish', 0)}): the "
         "built choice is the proposal (knapsack, balanced, minimax, each method alone, uniform per method, "
-        "refined, then polished by a local search of at most `polish` whole-network measurements) with the least "
+        "refined, then polished by a local search that tries at most `polish` choices) with the least "
         "whole-network KL on the calibration images ('chosen'); CP layers: 25 ALS sweeps, as scored, in the "
         "uniform runs too. 'vs uniform': accuracy points above the uniform run of the same method. Latency "
         "ratios: compressed / dense, median of 20 paired alternating runs at batch 64 (and 1), on eager torch "

@@ -35,7 +35,7 @@ def _add_auto_options(p: argparse.ArgumentParser) -> None:
         "--polish",
         type=int,
         default=AutoConfig.polish,
-        help="whole-network measurements of the local search after refinement (0: off)",
+        help="choices the local search after refinement may try, one whole-network measurement each (0: off)",
     )
     p.add_argument(
         "--stable-cp",

@@ -76,10 +76,11 @@ class AutoConfig:
             layer replaced by its current choice, the knapsack is solved again, and the new choice is kept only
             if the whole network's damage (measured, all layers replaced at once) is lower. Single-layer damages
             add up poorly at strong compression; this corrects for their interaction. ``0``: off.
-        polish: at most this many whole-network measurements of a local search after refinement: one layer one
-            step dearer and another one step cheaper, kept when the whole network's measured damage falls (see
-            ``AutoSearch._polish``). Catches what summed per-layer damages miss where many layers are
-            compressed hard; each measurement is one pass over the calibration inputs. ``0``: off.
+        polish: at most this many choices tried (each one whole-network measurement, or read from the cache)
+            by a local search after refinement: one layer one step dearer and another as few steps cheaper as
+            fit the budget, kept when the whole network's measured damage falls (see ``AutoSearch._polish``).
+            Catches what summed per-layer damages miss where many layers are compressed hard; each measurement
+            is one pass over the calibration inputs. ``0``: off.
         stable_cp: CP candidates are scored, and the chosen CP layers built, with one and the same fit (so the
             model built is the model the search measured): 25 ALS sweeps, then with ``True`` the stabilising
             correction of ``factorch.decompose.cp`` (term norms kept small at 1 % more weight error; slower to
