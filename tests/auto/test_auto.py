@@ -575,13 +575,11 @@ def test_polish_moves_the_budget_to_where_the_measured_damage_falls():
     more): from uniform compression, the local search moves budget to that layer, each kept move lowers the
     measured damage, and the budget holds."""
     search, total, fixed = _polish_setup(200)
-    heavy = search.layers[1].name
-    calls = []
+    heavy = search.layers[1]
 
     def fake_joint(choice):
-        calls.append(choice)
         return sum(
-            (10.0 if lc.name == heavy else 1.0) * (0.0 if c is None else 1.0 - c.macs / lc.dense_macs)
+            (10.0 if lc is heavy else 1.0) * (0.0 if c is None else 1.0 - c.macs / lc.dense_macs)
             for lc in search.layers
             for c in [choice[lc.name]]
         )
@@ -595,9 +593,11 @@ def test_polish_moves_the_budget_to_where_the_measured_damage_falls():
     assert name == f"polished ({search.stats['polished']['moves']} moves)"
     used = search._total_cost(choice, fixed)
     assert used <= 0.4 * total and used >= min(search._total_cost(start, fixed), search_mod.FILL * 0.4 * total)
-    heavy_macs = [c.macs if c else lc.dense_macs for lc in search.layers if lc.name == heavy for c in [choice[heavy]]]
-    start_macs = [c.macs if c else lc.dense_macs for lc in search.layers if lc.name == heavy for c in [start[heavy]]]
-    assert heavy_macs[0] > start_macs[0]
+
+    def heavy_macs(c):
+        return heavy.dense_macs if c is None else c.macs
+
+    assert heavy_macs(choice[heavy.name]) > heavy_macs(start[heavy.name])
     # stopped at a local optimum before the measurement budget: no layer's next dearer option fits the budget
     # (with this damage, every costlier one that fits would help)
     assert search.stats["polished"]["tried"] < 200
