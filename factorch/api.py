@@ -1,294 +1,311 @@
-"""``compress`` / ``compress_``: factorize the layers of a model by config or per-layer plan."""
+"""``compress`` / ``compress_``: compress a model by one config, a per-layer plan, a whole-network target
+(``AutoConfig``), structured pruning (``ChannelPruneConfig``), or a list of these applied in order."""
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping, Sequence
+import dataclasses
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
-from factorch.auto.config import AutoConfig
+from factorch.apply import PLAN_ATTR, apply_plan, as_inputs, as_plan, model_storage, note_calibration
+from factorch.auto.config import AutoConfig, Target
+from factorch.calibrate.config import CalibrationConfig, as_calibration
 from factorch.config import MethodConfig, Plan
-from factorch.layers import FactorizedLayer, NotFactorizable, layer_class
-from factorch.layers._spec import spec_of
-from factorch.layers.base import count_params, layer_geometry
-from factorch.report import CompressionReport, LayerReport
-from factorch.surgery import (
-    candidate_layers,
-    conv_bn_pairs,
-    factorized_layers,
-    fold_batchnorms,
-    get_module,
-    replace_module,
-    trace_layers,
-)
+from factorch.report import CompressionReport
 
-PLAN_ATTR = "_factorch_plan"  # on a compressed model: the folds applied (the layers describe themselves)
-
-
-def _as_inputs(example_inputs: Any) -> tuple | None:
-    if example_inputs is None:
-        return None
-    if isinstance(example_inputs, Tensor):
-        return (example_inputs,)
-    if isinstance(example_inputs, (tuple, list)):
-        return tuple(example_inputs)
-    raise TypeError(f"example_inputs must be a tensor or a tuple of tensors, got {type(example_inputs).__name__}")
-
-
-def _as_plan(config: MethodConfig | Plan) -> Plan:
-    if isinstance(config, Plan):
-        return config
-    if isinstance(config, MethodConfig):
-        return Plan({"_default": config})
-    raise TypeError(
-        f"config must be a method config (SVDConfig, SpatialSVDConfig, Tucker2Config, CPConfig, "
-        f"TTConfig), a Plan or an AutoConfig, got {type(config).__name__}"
-    )
-
-
-def _edge_layers(names: Sequence[str], model: nn.Module) -> set[str]:
-    """The first conv and the last Linear (in execution order when known) stay dense by default."""
-    modules = dict(model.named_modules())
-    convs = [n for n in names if isinstance(modules[n], (nn.Conv1d, nn.Conv2d))]
-    linears = [n for n in names if isinstance(modules[n], nn.Linear)]
-    return {x for x in (convs[:1] + linears[-1:])}
-
-
-def factorized_row(name: str, layer: FactorizedLayer, input_shape: tuple[int, ...] | None) -> LayerReport:
-    """The report row of a layer that is already factorized: its dense layer's cost before, its own after."""
-    dense = layer.spec.dense(device="meta")
-    input_size, per_position = layer_geometry(dense, input_shape)
-    dense_params, dense_macs = FactorizedLayer.dense_cost(dense, input_size)
-    params, macs = type(layer).cost(layer.spec, layer.ranks, input_size, **layer.options)
-    return LayerReport(
-        name=name,
-        type=type(dense).__name__,
-        method=layer.method,
-        ranks=tuple(layer.ranks),
-        params_before=dense_params,
-        params_after=params,
-        macs_before=dense_macs * per_position,
-        macs_after=macs * per_position,
-    )
-
-
-ALREADY_FACTORIZED = "already factorized ({method} at ranks {ranks}): shrink it with compress_in_stages or recompress"
-
-
-def _weight_error(dense: nn.Module, layer: FactorizedLayer) -> float:
-    w = dense.weight.detach().double()
-    with torch.no_grad():
-        return float((layer.reconstruct_weight().to(w.device) - w).norm() / w.norm().clamp_min(1e-300))
+ConfigLike = MethodConfig | Plan | AutoConfig
 
 
 def compress(
     model: nn.Module,
-    config: MethodConfig | Plan | AutoConfig,
+    config: ConfigLike | Sequence[ConfigLike],
     *,
     example_inputs: Tensor | tuple | None = None,
     inplace: bool = False,
     keep_edges: bool = True,
     calib_data: Any = None,
     eval_fn: Callable[[nn.Module], float] | None = None,
+    fold_bn: bool | None = None,
+    calibrate: CalibrationConfig | int | None = None,
 ) -> tuple[nn.Module, CompressionReport]:
-    """Factorize the layers of ``model``.
+    """Compress the layers of ``model``.
 
     Args:
         model: the network (left untouched unless ``inplace=True``).
-        config: one method config for every layer, a :class:`Plan` of per-layer configs, or an
-            :class:`~factorch.AutoConfig` (a whole-network target; methods and ranks are chosen per layer).
+        config: one method config for every layer (``Tucker2Config``, ``PruneConfig``...), a :class:`Plan` of
+            per-layer configs, an :class:`~factorch.AutoConfig` (a whole-network target; methods and options
+            are chosen per layer), a :class:`~factorch.ChannelPruneConfig` (structured pruning), or a list of
+            these applied in order, each target relative to the original model.
         example_inputs: inputs of one forward pass; used for the execution order, each layer's input size
             (MACs-based ranks) and whole-model totals. Without them, MACs assume 32x32 inputs.
         inplace: modify ``model`` itself.
         keep_edges: leave the first conv and the final classifier dense unless a Plan names them exactly
             (for an AutoConfig, its own ``keep_edges`` decides).
-        calib_data: AutoConfig only: calibration inputs (a tensor, or a DataLoader yielding ``(inputs,
-            targets)`` or inputs) on which candidate layers are scored.
+        calib_data: calibration inputs (a tensor, or a DataLoader yielding ``(inputs, targets)`` or inputs): on
+            them an AutoConfig scores candidate layers, ``ChannelPruneConfig(criterion="activation")`` ranks
+            channels, and ``calibrate`` refits the compressed layers.
         eval_fn: AutoConfig only: ``eval_fn(model) -> score`` (higher is better, e.g. accuracy in %), used to
             score candidates (objective ``"accuracy"``), to check ``max_accuracy_drop`` and to report the drop.
+        fold_bn: fold every conv -> BatchNorm pair into the conv first (a whole-model action; ``None``: as the
+            configs say).
+        calibrate: a :class:`~factorch.CalibrationConfig` (or a number of samples): after compressing, refit
+            the factorized layers to the dense network's responses on ``calib_data`` (a whole-model action; a
+            config's own ``calibrate`` field does the same for the layers it compresses).
 
     Returns:
         ``(compressed model, report)``.
 
     References:
-        See each layer class (Kim et al. 2016; Lebedev et al. 2015; Jaderberg et al. 2014; Novikov et al. 2015).
+        See each layer class (Kim et al. 2016; Lebedev et al. 2015; Jaderberg et al. 2014; Novikov et al. 2015;
+        Han et al. 2015; Li et al. 2017).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    calibrate = as_calibration(calibrate)
+    if isinstance(config, (list, tuple)):
+        return _compress_sequence(
+            model, list(config), example_inputs=example_inputs, inplace=inplace, keep_edges=keep_edges,
+            calib_data=calib_data, eval_fn=eval_fn, fold_bn=fold_bn, calibrate=calibrate,
+        )  # fmt: skip
+    from factorch.prune.config import ChannelPruneConfig
+
+    if isinstance(config, ChannelPruneConfig):
+        if eval_fn is not None:
+            raise ValueError("eval_fn is used by AutoConfig only; ChannelPruneConfig does not take it")
+        from factorch.prune.apply import channel_prune
+
+        return channel_prune(
+            model, config, example_inputs=as_inputs(example_inputs), calib_data=calib_data, inplace=inplace,
+            fold_bn=fold_bn, calibrate=calibrate,
+        )  # fmt: skip
     if isinstance(config, AutoConfig):
         from factorch.auto.search import auto_compress
 
+        if fold_bn is not None and fold_bn != config.fold_bn:
+            config = copy.copy(config)
+            config.fold_bn = fold_bn
+        if calibrate is not None:
+            config = copy.copy(config)
+            config.calibrate = calibrate
         return auto_compress(
-            model, config, inputs=_as_inputs(example_inputs), calib_data=calib_data, eval_fn=eval_fn, inplace=inplace
+            model, config, inputs=as_inputs(example_inputs), calib_data=calib_data, eval_fn=eval_fn, inplace=inplace
         )
     if eval_fn is not None:
         raise ValueError("eval_fn is used by AutoConfig only; this config does not take it")
-    return _compress_plan(
-        model,
-        _as_plan(config),
-        inputs=_as_inputs(example_inputs),
-        inplace=inplace,
-        keep_edges=keep_edges,
-        calib_data=calib_data,
-    )
+    return _compress_by_plan(
+        model, as_plan(config), example_inputs=example_inputs, inplace=inplace, keep_edges=keep_edges,
+        calib_data=calib_data, fold_bn=fold_bn, calibrate=calibrate,
+    )  # fmt: skip
 
 
-def _compress_plan(
+def _compress_by_plan(
     model: nn.Module,
     plan: Plan,
     *,
-    inputs: tuple | None,
+    example_inputs: Any,
     inplace: bool,
     keep_edges: bool,
     calib_data: Any,
-    prebuilt: Mapping[str, FactorizedLayer] | None = None,
+    fold_bn: bool | None,
+    calibrate: CalibrationConfig | None,
 ) -> tuple[nn.Module, CompressionReport]:
-    """:func:`compress` for a plan. ``prebuilt``: layers already factorized from exactly the dense layer the
-    plan names, with its method and ranks (AutoConfig's search made them); used (copied) instead of
-    decomposing again."""
-    calibrating = [c for c in plan.layers.values() if c is not None and c.calibrate is not None]
-    if calib_data is not None and not calibrating:
+    """:func:`apply_plan`, then calibration of the layers whose config (or the model-level argument) asks."""
+    per_layer = [c for c in plan.layers.values() if c is not None and c.calibrate is not None]
+    settings = calibrate if calibrate is not None else (per_layer[0].calibrate if per_layer else None)
+    if calib_data is not None and settings is None:
         raise ValueError(
-            "calib_data is used for calibration: set calibrate=factorch.CalibrationConfig(...) on the config "
-            "(or use an AutoConfig)"
+            "calib_data is used for calibration: pass calibrate=factorch.CalibrationConfig(...) "
+            "(or use an AutoConfig / ChannelPruneConfig)"
         )
-    if calibrating and calib_data is None:
+    if settings is not None and calib_data is None:
         raise ValueError("calibrate=... needs calib_data (a tensor or DataLoader of calibration inputs)")
-    names_in_model = {n for n, _ in model.named_modules() if n}
-    units = {n + ".": n for n, _ in factorized_layers(model)}
-    for name in plan.exact_names():
-        if name not in names_in_model:
-            get_module(model, name)  # raises with close matches
-        for prefix, outer in units.items():
-            if name.startswith(prefix):
-                raise ValueError(
-                    f"Plan names {name!r}, a stage inside the factorized layer {outer!r}: a factorized layer is "
-                    "shrunk as a unit (compress_in_stages, or its recompress method)"
-                )
-    work = model if inplace else copy.deepcopy(model)
-
-    before_totals = None
-    if inputs is not None:
-        from factorch.profiling import profile
-
-        p = profile(work, inputs)
-        before_totals = {"params_before": p.total_params, "macs_before": p.total_macs}
-
-    fold = any(cfg is not None and cfg.fold_bn for cfg in plan.layers.values())
-    folded: list[tuple[str, str]] = []
-    if fold:
-        folded = fold_batchnorms(work, conv_bn_pairs(work))
-
-    reference = copy.deepcopy(work) if calibrating else None  # the dense responses to reconstruct
-    shapes = trace_layers(work, inputs) if inputs is not None else {}
-    layers = list(candidate_layers(work))
-    edges = _edge_layers([n for n, _ in layers if n in shapes or not shapes], work) if keep_edges else set()
-    for pattern_key, _ in plan._patterns:
-        if not any(_.fullmatch(n) for n, _m in layers):
-            raise ValueError(f"Plan pattern {pattern_key!r} matches no factorizable layer of the model")
-    layers += factorized_layers(work)  # reported as they are; their inner stages are never factorized alone
-    if shapes:
-        order = {n: i for i, n in enumerate(shapes)}
-        layers.sort(key=lambda item: order.get(item[0], len(order)))
-
-    report = CompressionReport(config=plan.to_dict())
-    for name, layer in layers:
-        if isinstance(layer, FactorizedLayer):
-            row = factorized_row(name, layer, shapes.get(name))
-            row.params_before, row.macs_before = row.params_after, row.macs_after  # left as it is
-            row.skipped = ALREADY_FACTORIZED.format(method=layer.method, ranks="x".join(map(str, layer.ranks)))
-            row.method = row.ranks = None
-            report.layers.append(row)
-            continue
-        cfg, key = plan.resolve(name)
-        row = LayerReport(name=name, type=type(layer).__name__)
-        shape = shapes.get(name)
-        input_size, per_position = layer_geometry(layer, shape)
-        dense_params, dense_macs = FactorizedLayer.dense_cost(layer, input_size)
-        dense_macs *= per_position
-        row.params_before, row.macs_before = dense_params, dense_macs
-        report.layers.append(row)
-        if cfg is None:
-            row.skipped = "left dense by the plan" if key is not None else "not named in the plan"
-            continue
-        if name in edges and key != name:
-            row.skipped = "first conv / final classifier kept dense (name it in a Plan to compress it)"
-            continue
-        method = cfg.method
-        try:
-            cls = layer_class(method, layer)
-            options = cfg.options()
-            ranks = cls.resolve_ranks(layer, cfg.rank, input_size=input_size, name=name, **options)
-            params, macs = cls.cost(spec_of(layer), ranks, input_size, **options)
-        except NotFactorizable as err:
-            row.skipped = str(err)
-            continue
-        except ValueError as err:
-            if key == name or "above the maximum" not in str(err):
-                raise ValueError(f"layer {name!r} ({type(layer).__name__}): {err}") from err
-            row.skipped = str(err)  # a model-wide rank that this particular layer cannot take
-            continue
-        macs *= per_position
-        # a lookup (Embedding) has no MACs to shrink: judge it by its parameters
-        if not cfg.allow_larger and (params >= dense_params or (dense_macs > 0 and macs >= dense_macs)):
-            row.skipped = (
-                f"{method} at ranks {ranks} would not be smaller (params {params} vs {dense_params}, "
-                f"MACs {macs} vs {dense_macs}); allow_larger=True keeps it anyway"
-            )
-            continue
-        ready = (prebuilt or {}).get(name)
-        if ready is not None and (ready.method, tuple(ready.ranks)) == (method, tuple(ranks)):
-            new = copy.deepcopy(ready)
-        else:
-            new = cls.from_dense(layer, ranks, **options)
-        row.method, row.ranks = method, tuple(ranks)
-        row.params_after, row.macs_after = params, macs
-        row.rel_error = _weight_error(layer, new)
-        replace_module(work, name, new)
-
-    if calibrating:
-        from factorch.calibrate import calibrate_
-
+    original = copy.deepcopy(model) if settings is not None and inplace else model
+    work, report = apply_plan(
+        model, plan, example_inputs=example_inputs, inplace=inplace, keep_edges=keep_edges, fold_bn=fold_bn
+    )
+    if settings is not None:
         names = [
             r.name
             for r in report.layers
-            if r.skipped is None and (cfg := plan.resolve(r.name)[0]) is not None and cfg.calibrate is not None
+            if r.skipped is None and (calibrate is not None or (c := plan.resolve(r.name)[0]) and c.calibrate)
         ]
-        result = calibrate_(work, reference, calib_data, config=calibrating[0].calibrate, layers=names)
-        report.totals["calibration"] = result.to_dict()
-        _note_calibration(report, result)
-    earlier = (getattr(work, PLAN_ATTR, None) or {}).get("folded_bn", [])  # a model compressed before
-    setattr(work, PLAN_ATTR, {"folded_bn": [list(p) for p in (*earlier, *folded)]})
-    whole = None
-    if inputs is not None:
-        from factorch.profiling import profile
-
-        p = profile(work, inputs)
-        whole = {**before_totals, "params_after": p.total_params, "macs_after": p.total_macs}
-    report.finalize(whole)
-    if inputs is None:  # parameters are known for the whole model even without inputs
-        report.totals.update(
-            params_before=count_params(model),
-            params_after=count_params(work),
-            scope="model params; MACs of the listed layers (no example inputs)",
-        )
-        report.totals["params_ratio"] = report.totals["params_after"] / max(1, report.totals["params_before"])
+        calibrate_layers(work, original, calib_data, settings, names, report)
     return work, report
 
 
-def _note_calibration(report: CompressionReport, result) -> None:
-    """Copy each layer's final relative output error into its report row."""
-    by_name = {c.name: c for c in result.layers}
-    for row in report.layers:
-        c = by_name.get(row.name)
-        if c is not None and c.skipped is None:
-            row.output_error = c.act_error_after if c.act_error_after is not None else c.rel_error_linear
+def calibrate_layers(
+    work: nn.Module,
+    original: nn.Module,
+    calib_data: Any,
+    settings: CalibrationConfig,
+    names: list[str],
+    report: CompressionReport,
+) -> None:
+    """Refit the factorized layers ``names`` of ``work`` to the responses of ``original`` (its BatchNorms
+    folded as ``work``'s were), and note the result in ``report``."""
+    from factorch.calibrate import calibrate_
+    from factorch.layers import FactorizedLayer
+    from factorch.surgery import fold_batchnorms
+
+    reference = copy.deepcopy(original)
+    done = {tuple(p) for p in (getattr(original, PLAN_ATTR, None) or {}).get("folded_bn", [])}
+    fold_batchnorms(reference, [tuple(p) for p in report.totals.get("folded_bn", []) if tuple(p) not in done])
+    modules = dict(work.named_modules())
+    names = [n for n in names if isinstance(modules.get(n), FactorizedLayer)]
+    result = calibrate_(work, reference, calib_data, config=settings, layers=names)
+    report.totals["calibration"] = result.to_dict()
+    note_calibration(report, result)
 
 
-def compress_(model: nn.Module, config: MethodConfig | Plan | AutoConfig, **kwargs) -> CompressionReport:
+def _compress_sequence(
+    model: nn.Module, configs: list[Any], *, example_inputs: Any, inplace: bool, eval_fn, **kwargs
+) -> tuple[nn.Module, CompressionReport]:
+    """Each config applied to the result of the previous ones; fraction targets stay relative to ``model``."""
+    if not configs:
+        raise ValueError("compress: the list of configs is empty")
+    return compress_sequence(model, configs, example_inputs=example_inputs, inplace=inplace, eval_fn=eval_fn, **kwargs)
+
+
+def _relative(config: Any, totals: dict[str, float]) -> Any:
+    """``config`` with its fraction target rescaled from the original model to the current one."""
+    from factorch.prune.config import ChannelPruneConfig
+
+    if not isinstance(config, (AutoConfig, ChannelPruneConfig)) or config.target is None:
+        return config
+    goal = Target.parse(config.target)
+    if goal.fraction is None or goal.kind == "latency":
+        return config
+    now = totals.get(goal.kind, 1.0)
+    fraction = goal.fraction / now
+    if fraction > 1:
+        return None  # already within this target
+    new = copy.copy(config)
+    new.target = f"{goal.kind}={fraction:.6g}"
+    return new
+
+
+def compress_sequence(
+    model: nn.Module, configs: list[Any], *, example_inputs: Any, inplace: bool, eval_fn, **kwargs
+) -> tuple[nn.Module, CompressionReport]:
+    """See :func:`factorch.compress` (a list of configs). The report is the last stage's, with totals and
+    ratios relative to ``model`` and one entry per stage in ``report.stages``."""
+    from factorch.profiling import profile
+    from factorch.prune.config import ChannelPruneConfig
+
+    inputs = as_inputs(example_inputs)
+    if inputs is None:
+        raise ValueError("compress with a list of configs needs example_inputs (targets are relative to the model)")
+    first = profile(model, inputs)
+    store = model_storage(model)
+    base = {"params": first.total_params, "macs": first.total_macs, "nonzero": store["nonzero_params"]}
+    base_size = store["size_bytes"]
+    ratios = {"macs": 1.0, "params": 1.0, "size": 1.0}
+    work, stages, report = model, [], None
+    for i, config in enumerate(configs):
+        stage_config = _relative(config, ratios)
+        if stage_config is None:
+            stages.append({"stage": i + 1, "config": _describe(config), "status": "target already met"})
+            continue
+        if isinstance(stage_config, AutoConfig) and i > 0:
+            work = _pruned_as_dense(work, inplace=inplace)
+        stage_kwargs = dict(kwargs)
+        if isinstance(stage_config, ChannelPruneConfig):
+            stage_kwargs["calibrate"] = None  # calibration refits the factorizing steps' layers
+        if not _takes_calib_data(stage_config, stage_kwargs.get("calibrate")):
+            stage_kwargs["calib_data"] = None
+        if not isinstance(stage_config, AutoConfig):
+            stage_eval = None
+        else:
+            stage_eval = eval_fn
+        work, report = compress(
+            work, stage_config, example_inputs=inputs, inplace=inplace if i == 0 else True, eval_fn=stage_eval,
+            **stage_kwargs,
+        )  # fmt: skip
+        p = profile(work, inputs)
+        s = model_storage(work)
+        ratios = {
+            "macs": p.total_macs / base["macs"],
+            "params": s["nonzero_params"] / base["nonzero"],
+            "size": s["size_bytes"] / base_size,
+        }
+        stages.append(
+            {
+                "stage": i + 1,
+                "config": _describe(config),
+                "applied_as": _describe(stage_config),
+                "macs_ratio": ratios["macs"],
+                "params_ratio": p.total_params / base["params"],
+                "nonzero_params_ratio": ratios["params"],
+                "status": "done",
+            }
+        )
+    if report is None:
+        work = model if inplace else copy.deepcopy(model)
+        report = CompressionReport()
+    t = report.totals
+    p = profile(work, inputs)
+    s = model_storage(work)
+    t.update(
+        params_before=base["params"],
+        params_after=p.total_params,
+        macs_before=base["macs"],
+        macs_after=p.total_macs,
+        params_ratio=p.total_params / base["params"],
+        macs_ratio=p.total_macs / base["macs"],
+        nonzero_params_before=base["nonzero"],
+        nonzero_params_after=s["nonzero_params"],
+        nonzero_params_ratio=s["nonzero_params"] / base["nonzero"],
+        size_bytes_before=base_size,
+        size_bytes=s["size_bytes"],
+        size_ratio=s["size_bytes"] / base_size,
+        scope="model",
+    )
+    report.stages = stages
+    report.config = {"type": "sequence", "configs": [_describe(c) for c in configs]}
+    return work, report
+
+
+def _pruned_as_dense(model: nn.Module, *, inplace: bool) -> nn.Module:
+    """``model`` with its pruned layers as dense layers holding the zeros, so a search after a pruning step
+    may choose any method (or a higher sparsity) for them; factorized layers stay as they are."""
+    from factorch.layers import PrunedLayer
+    from factorch.surgery import compressed_layers, replace_module
+
+    pruned = [(n, m) for n, m in compressed_layers(model) if isinstance(m, PrunedLayer)]
+    if pruned and not inplace:
+        model = copy.deepcopy(model)
+        pruned = [(n, model.get_submodule(n)) for n, _ in pruned]
+    for name, layer in pruned:
+        replace_module(model, name, layer.to_dense())
+    return model
+
+
+def _takes_calib_data(config: Any, calibrate: Any) -> bool:
+    """Whether a step of a list uses calibration data (a search, channel ranking, or calibration)."""
+    from factorch.prune.config import ChannelPruneConfig
+
+    if isinstance(config, (AutoConfig, ChannelPruneConfig)) or calibrate is not None:
+        return True
+    layers = config.layers.values() if isinstance(config, Plan) else [config]
+    return any(c is not None and c.calibrate is not None for c in layers)
+
+
+def _describe(config: Any) -> Any:
+    if hasattr(config, "to_dict"):
+        return config.to_dict()
+    if dataclasses.is_dataclass(config):
+        return dataclasses.asdict(config)
+    return repr(config)
+
+
+def compress_(model: nn.Module, config: ConfigLike | Sequence[ConfigLike], **kwargs) -> CompressionReport:
     """In-place :func:`compress`; returns the report."""
     _, report = compress(model, config, inplace=True, **kwargs)
     return report
+
+
+# the names earlier releases exported from this module
+_as_inputs, _as_plan = as_inputs, as_plan

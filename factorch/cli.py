@@ -1,4 +1,4 @@
-"""The ``factorch`` command line: parses arguments and calls the public API, nothing more."""
+"""The ``factorch`` command line (this module only parses arguments and calls the public API)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,17 @@ import torch
 from rich.console import Console
 
 from factorch.auto.config import AutoConfig
+from factorch.registry import list_methods
 
-# a wide console when output is not a terminal (CI logs, pipes), so tables are not folded into slivers
-console = Console() if Console().is_terminal else Console(width=160)
+DESCRIPTION = (
+    "factorch makes trained PyTorch networks smaller and faster - factorization (Tucker-2, CP, SVD, spatial SVD, "
+    "tensor-train), unstructured and structured pruning, or a per-layer mix chosen for a whole-network budget - "
+    "and measures the gain: parameters, MACs, bytes on disk, measured latency and accuracy, before and after."
+)
+
+# a wide console when output is not a terminal (files, pipes, CI logs), so tables keep one line per row; cells
+# that do not fit a narrow terminal fold onto more lines, never cut short
+console = Console() if Console().is_terminal else Console(width=240)
 
 
 def _add_threads(p: argparse.ArgumentParser) -> None:
@@ -41,6 +49,16 @@ def _add_auto_options(p: argparse.ArgumentParser) -> None:
         "--stable-cp",
         action="store_true",
         help="score and build CP layers with the stabilising correction (for heavy fine-tuning or quantisation)",
+    )
+
+
+def _add_prune_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sparsity", type=float, default=0.5, help="prune: share of the weights removed, in [0, 1)")
+    p.add_argument(
+        "--scope",
+        default="global",
+        choices=["global", "layer"],
+        help="prune: one magnitude threshold across layers (global) or the same sparsity in each (layer)",
     )
 
 
@@ -78,7 +96,7 @@ def _parse_shape(text: str) -> tuple[int, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="factorch", description=__doc__)
+    parser = argparse.ArgumentParser(prog="factorch", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a reference model on Fashion-MNIST")
@@ -109,15 +127,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     _add_threads(p)
 
-    p = sub.add_parser("compress", help="factorize a model's layers and report before/after")
+    p = sub.add_parser("compress", help="compress a model's layers (any method, or a budget) and report before/after")
     p.add_argument("model", help="registry name, saved folder, checkpoint, or package.module:factory")
     p.add_argument("--pretrained", action="store_true", help="start from the shipped Fashion-MNIST weights")
-    p.add_argument("--method", choices=["tucker2", "cp", "svd", "spatial-svd", "tt"], help="one method for all layers")
+    p.add_argument("--method", choices=list_methods(cli=True), help="one method for all layers")
     p.add_argument(
         "--target",
         default=None,
-        help="instead of --method/--rank: a whole-model goal macs=F | params=F | latency=F (keep fraction F); "
-        "methods and ranks are chosen per layer",
+        help="instead of --method/--rank: a whole-model goal macs=F | params=F | size=F | latency=F (keep fraction "
+        "F; params counts non-zeros); methods and options are chosen per layer",
     )
     _add_auto_options(p)
     p.add_argument(
@@ -126,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="vbmf | vbmf:W | energy:0.95 | params:0.25 | macs:0.33 | a fraction like 0.5 | an int like 16",
     )
     p.add_argument("--form", default="4", choices=["4", "3"], help="CP form (4 factors or MobileNet-like 3)")
+    _add_prune_options(p)
     p.add_argument(
         "--fold-bn",
         action=argparse.BooleanOptionalAction,
@@ -169,6 +188,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the fine-tuning (stage i uses seed + i - 1)")
     p.add_argument("--resume", action="store_true", help="continue the staged run in OUT/stages")
+    _add_threads(p)
+
+    p = sub.add_parser(
+        "prune",
+        help="prune a model: unstructured (--sparsity) or whole channels (--target, physically smaller layers)",
+    )
+    p.add_argument("model", help="registry name, saved folder, checkpoint, or package.module:factory")
+    p.add_argument("--pretrained", action="store_true", help="start from the shipped Fashion-MNIST weights")
+    goal = p.add_mutually_exclusive_group(required=True)
+    goal.add_argument("--sparsity", type=float, help="unstructured: share of the weights removed, in [0, 1)")
+    goal.add_argument("--target", help="structured: macs=F or params=F of the whole model (implies --structured)")
+    p.add_argument("--structured", action="store_true", help="remove whole filters / channels / neurons")
+    p.add_argument(
+        "--scope", default="global", choices=["global", "layer"], help="unstructured: one threshold, or per layer"
+    )
+    p.add_argument(
+        "--criterion",
+        default="l1",
+        choices=["l1", "bn-scale", "activation"],
+        help="structured: how channels are ranked (filter L1 norm, BatchNorm scale, feature-map magnitude)",
+    )
+    p.add_argument("--steps", type=int, default=1, metavar="K", help="prune in K steps, fine-tuning after each")
+    p.add_argument(
+        "--schedule", default="polynomial", choices=["polynomial", "linear"], help="sparsity steps (Zhu & Gupta / Han)"
+    )
+    p.add_argument("--finetune-epochs", type=int, default=None, metavar="E", help="distillation epochs per step")
+    p.add_argument("--finetune-lr", type=float, default=0.01)
+    p.add_argument("--calib", type=int, default=1024, help="structured, criterion activation: training images used")
+    p.add_argument("--input-shape", type=_parse_shape, default=(1, 1, 28, 28))
+    p.add_argument("--out", required=True, help="folder for the pruned model, report.md and report.json")
+    p.add_argument("--no-eval", action="store_true", help="skip the test-accuracy evaluation")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue the stepped run in OUT/stages")
     _add_threads(p)
 
     p = sub.add_parser("finetune", help="fine-tune a compressed model, optionally distilling from the original")
@@ -264,7 +317,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from factorch.data import fashion_mnist
-    from factorch.models._resolve import load_model
+    from factorch.resolve import load_model
     from factorch.train import evaluate
 
     model = load_model(args.model, pretrained=args.pretrained)
@@ -282,8 +335,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from factorch.models._resolve import load_model
     from factorch.profiling import measure_latency, profile
+    from factorch.resolve import load_model
 
     model = load_model(args.model, pretrained=args.pretrained)
     report = profile(model, input_shape=args.input_shape)
@@ -303,12 +356,16 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def _method_config(args: argparse.Namespace):
-    from factorch.config import config_for_method
+    from factorch.config import PruneConfig, config_for_method
 
-    options = {"rank": _rank_arg(args.rank), "fold_bn": bool(args.fold_bn), "allow_larger": args.allow_larger}
+    if args.method == "prune":
+        return PruneConfig(sparsity=args.sparsity, scope=args.scope, fold_bn=bool(args.fold_bn))
+    config = config_for_method(args.method, fold_bn=bool(args.fold_bn))
+    if hasattr(config, "allow_larger"):
+        config.allow_larger = args.allow_larger
     if args.method == "cp":
-        options["form"] = args.form
-    return config_for_method(args.method, **options)
+        config.form = args.form
+    return config.with_option(_rank_arg(args.rank))
 
 
 def _rank_arg(text: str):
@@ -325,7 +382,7 @@ def _rank_arg(text: str):
 
 def cmd_compress(args: argparse.Namespace) -> int:
     import factorch
-    from factorch.models._resolve import load_model
+    from factorch.resolve import load_model
 
     model = load_model(args.model, pretrained=args.pretrained)
     x = torch.randn(*args.input_shape)
@@ -419,6 +476,58 @@ def _compress_in_stages(args: argparse.Namespace, model, x, calibrate, t0: float
     return 0
 
 
+def cmd_prune(args: argparse.Namespace) -> int:
+    import factorch
+    from factorch.data import fashion_mnist
+    from factorch.resolve import load_model
+    from factorch.train import evaluate
+
+    model = load_model(args.model, pretrained=args.pretrained)
+    x = torch.randn(*args.input_shape)
+    if args.sparsity is not None and args.structured:
+        raise ValueError("--structured prunes to a --target (macs=F or params=F), not to a --sparsity")
+    if args.sparsity is not None:
+        config = factorch.PruneConfig(sparsity=args.sparsity, scope=args.scope)
+    else:
+        config = factorch.ChannelPruneConfig(args.target, criterion=args.criterion)
+    if args.steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    epochs = args.finetune_epochs if args.finetune_epochs is not None else (1 if args.steps > 1 else 0)
+    if epochs < 0:
+        raise ValueError(f"--finetune-epochs must be >= 0, got {epochs}")
+    t0 = time.perf_counter()
+    calib = None
+    if isinstance(config, factorch.ChannelPruneConfig) and config.criterion == "activation":
+        calib = _calibration(args, args.calib)
+    test = None if args.no_eval else fashion_mnist("test", args.data_root)
+    if args.steps == 1 and epochs == 0:
+        pruned, report = factorch.compress(model, config, example_inputs=x, calib_data=calib)
+    else:
+        eval_fn = None if test is None else (lambda m: evaluate(m, test, show_progress=False)["accuracy"])
+        pruned, report = factorch.compress_in_stages(
+            model,
+            config,
+            stages=args.steps,
+            train_data=fashion_mnist("train", args.data_root),
+            example_inputs=x,
+            calib_data=calib,
+            finetune_epochs=epochs,
+            eval_fn=eval_fn,
+            checkpoint_dir=Path(args.out) / "stages",
+            resume=args.resume,
+            lr=args.finetune_lr,
+            seed=args.seed,
+            schedule=args.schedule,
+        )
+    report.totals["compress_time_s"] = round(time.perf_counter() - t0, 2)
+    if test is not None:
+        before = evaluate(model, test, description="evaluate dense")
+        after = evaluate(pruned, test, description="evaluate pruned")
+        report.totals.update(accuracy_before=round(before["accuracy"], 2), accuracy_after=round(after["accuracy"], 2))
+    _write_compressed(args, pruned, report)
+    return 0
+
+
 def _write_compressed(args: argparse.Namespace, compressed, report) -> None:
     import factorch
 
@@ -432,6 +541,10 @@ def _write_compressed(args: argparse.Namespace, compressed, report) -> None:
         f"params {t['params_before']:,} -> {t['params_after']:,} (x{t['params_ratio']:.3f}), "
         f"MACs {t['macs_before']:,} -> {t['macs_after']:,} (x{t['macs_ratio']:.3f})"
     )
+    if t.get("nonzero_params_ratio") is not None and t["nonzero_params_ratio"] < t["params_ratio"] - 1e-9:
+        line += f", non-zero params x{t['nonzero_params_ratio']:.3f}"
+    if t.get("size_bytes") is not None:
+        line += f", {t['size_bytes']:,} bytes stored (x{t['size_ratio']:.3f})"
     if t.get("latency_ratio") is not None:
         line += (
             f", measured time x{t['latency_ratio']:.3f} at batch {t['latency_batch_size']}"
@@ -448,7 +561,7 @@ def _write_compressed(args: argparse.Namespace, compressed, report) -> None:
 def cmd_finetune(args: argparse.Namespace) -> int:
     import factorch
     from factorch.data import fashion_mnist
-    from factorch.models._resolve import load_model
+    from factorch.resolve import load_model
     from factorch.train import evaluate
 
     model = factorch.load(args.dir)
@@ -509,7 +622,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from factorch.auto.sweep import run_sweep
-    from factorch.models._resolve import load_model
+    from factorch.resolve import load_model
 
     model = load_model(args.model, pretrained=args.pretrained)
     try:
@@ -549,6 +662,7 @@ COMMANDS = {
     "evaluate": cmd_evaluate,
     "profile": cmd_profile,
     "compress": cmd_compress,
+    "prune": cmd_prune,
     "sweep": cmd_sweep,
     "finetune": cmd_finetune,
     "models": cmd_models,

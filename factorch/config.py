@@ -3,83 +3,129 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from factorch.calibrate.config import as_calibration
 from factorch.rank import RankSelector, as_selector
+from factorch.registry import config_class, config_class_named
 
 CONFIG_VERSION = 1
 
 
 @dataclass
 class MethodConfig:
-    """Options shared by every method.
+    """The base of every per-layer method config (factorization, pruning, ...).
 
     Attributes:
-        rank: int or per-mode tuple, fraction of full rank in (0, 1] (1.0 = full), ``"vbmf"``,
-            ``"energy:0.95"``, ``"params:0.25"``, ``"macs:0.33"``, or a selector from :mod:`factorch.rank`.
-        allow_larger: keep a factorized layer even when it is not smaller (params and MACs) than the dense one.
-        fold_bn: fold a BatchNorm that directly follows a conv into the conv before decomposing.
-        calibrate: a :class:`~factorch.CalibrationConfig` (or a number of samples): after factorizing, refit
+        fold_bn: fold a BatchNorm that directly follows a conv into the conv before compressing (acts on the
+            whole model; ``compress(..., fold_bn=True)`` says so at the model level).
+        calibrate: a :class:`~factorch.CalibrationConfig` (or a number of samples): after compressing, refit
             the layers to the dense network's responses on ``calib_data`` (see ``factorch.compress``).
+
+    Subclasses set ``method`` (the registry name) and ``option_field``: the field that holds the per-layer
+    option handed to the layer class's ``from_dense`` (``rank`` for factorizations, ``sparsity`` for pruning);
+    every other field of their own is a method option.
     """
 
-    rank: Any = "vbmf"
-    allow_larger: bool = False
     fold_bn: bool = False
     calibrate: Any = None
     method: ClassVar[str] = ""
+    option_field: ClassVar[str] = "rank"
+    _common: ClassVar[frozenset[str]] = frozenset({"fold_bn", "calibrate", "allow_larger"})
 
     def __post_init__(self) -> None:
         self.calibrate = as_calibration(self.calibrate)
-        as_selector(self.rank)  # validate early, with the selector's message
-        if not isinstance(self.allow_larger, bool):
-            raise TypeError(f"allow_larger must be a bool, got {self.allow_larger!r}")
+        if not isinstance(self.fold_bn, bool):
+            raise TypeError(f"{type(self).__name__}(fold_bn=...) must be a bool, got {self.fold_bn!r}")
+
+    @property
+    def option(self) -> Any:
+        """The per-layer option (a rank, a sparsity...) given to the layer class's ``from_dense``."""
+        return getattr(self, self.option_field)
+
+    def with_option(self, value: Any) -> MethodConfig:
+        """A copy of this config with another per-layer option."""
+        return dataclasses.replace(self, **{self.option_field: value})
 
     def options(self) -> dict[str, Any]:
         """Method-specific options passed to the layer class."""
-        common = {f.name for f in dataclasses.fields(MethodConfig)}
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in common}
+        skip = {*self._common, self.option_field}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip}
+
+    def _json_value(self, name: str, value: Any) -> Any:
+        return list(value) if isinstance(value, tuple) else value
 
     def to_dict(self) -> dict[str, Any]:
-        rank = self.rank.to_json() if isinstance(self.rank, RankSelector) else self.rank
-        body = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        body["rank"] = list(rank) if isinstance(rank, tuple) else rank
+        body = {f.name: self._json_value(f.name, getattr(self, f.name)) for f in dataclasses.fields(self)}
         body["calibrate"] = None if self.calibrate is None else self.calibrate.to_dict()
         return {"type": type(self).__name__, "version": CONFIG_VERSION, **body}
 
     @staticmethod
     def from_dict(data: dict[str, Any]) -> MethodConfig:
+        """The config that :meth:`to_dict` wrote, of any registered method."""
         data = dict(data)
         name = data.pop("type", None)
         version = data.pop("version", CONFIG_VERSION)
-        if name not in CONFIGS:
-            raise ValueError(f"unknown config type {name!r}; choose from {', '.join(CONFIGS)}")
+        cls = config_class_named(name)
         if version > CONFIG_VERSION:
             raise ValueError(f"{name} version {version} is newer than this factorch understands ({CONFIG_VERSION})")
-        if isinstance(data.get("rank"), list):
-            data["rank"] = tuple(data["rank"])
-        return CONFIGS[name](**data)
+        return cls(**cls._from_json(data))
+
+    @classmethod
+    def _from_json(cls, data: dict[str, Any]) -> dict[str, Any]:
+        return data
 
 
 @dataclass
-class SVDConfig(MethodConfig):
+class FactorizationConfig(MethodConfig):
+    """Options shared by the factorization methods.
+
+    Attributes:
+        rank: int or per-mode tuple, fraction of full rank in (0, 1] (1.0 = full), ``"vbmf"``,
+            ``"energy:0.95"``, ``"params:0.25"``, ``"macs:0.33"``, or a selector from :mod:`factorch.rank`.
+        allow_larger: keep a factorized layer even when it is not smaller (params and MACs) than the dense one.
+    """
+
+    rank: Any = "vbmf"
+    allow_larger: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        as_selector(self.rank)  # validate early, with the selector's message
+        if not isinstance(self.allow_larger, bool):
+            raise TypeError(f"allow_larger must be a bool, got {self.allow_larger!r}")
+
+    def _json_value(self, name: str, value: Any) -> Any:
+        if name == "rank" and isinstance(value, RankSelector):
+            value = value.to_json()
+        return super()._json_value(name, value)
+
+    @classmethod
+    def _from_json(cls, data: dict[str, Any]) -> dict[str, Any]:
+        if isinstance(data.get("rank"), list):
+            data["rank"] = tuple(data["rank"])
+        return data
+
+
+@dataclass
+class SVDConfig(FactorizationConfig):
     """Truncated SVD: Linear -> rank r -> Linear; convs: k x k conv to r channels then 1x1."""
 
     method: ClassVar[str] = "svd"
 
 
 @dataclass
-class SpatialSVDConfig(MethodConfig):
+class SpatialSVDConfig(FactorizationConfig):
     """Spatial SVD (Jaderberg et al. 2014): k_h x 1 conv to r channels, then 1 x k_w conv."""
 
     method: ClassVar[str] = "spatial-svd"
 
 
 @dataclass
-class Tucker2Config(MethodConfig):
+class Tucker2Config(FactorizationConfig):
     """Tucker-2 (Kim et al. 2016): 1x1 -> k x k core -> 1x1, ranks (R_out, R_in)."""
 
     n_iter_max: int = 100
@@ -87,7 +133,7 @@ class Tucker2Config(MethodConfig):
 
 
 @dataclass
-class CPConfig(MethodConfig):
+class CPConfig(FactorizationConfig):
     """CP (Lebedev et al. 2015), stabilised: form "4" (1x1, k x 1, 1 x k, 1x1) or "3" (1x1, k x k dw, 1x1)."""
 
     form: str = "4"
@@ -104,7 +150,7 @@ class CPConfig(MethodConfig):
 
 
 @dataclass
-class TTConfig(MethodConfig):
+class TTConfig(FactorizationConfig):
     """Tensor-train matrix format for Linear and Embedding layers (Novikov et al. 2015).
 
     Attributes:
@@ -118,10 +164,54 @@ class TTConfig(MethodConfig):
     method: ClassVar[str] = "tt"
 
 
-CONFIGS: dict[str, type[MethodConfig]] = {
-    c.__name__: c for c in (SVDConfig, SpatialSVDConfig, Tucker2Config, CPConfig, TTConfig)
-}
-METHOD_CONFIGS: dict[str, type[MethodConfig]] = {c.method: c for c in CONFIGS.values()}
+PRUNE_SCOPES = ("global", "layer")
+PRUNE_CRITERIA = ("magnitude",)
+
+
+@dataclass
+class PruneConfig(MethodConfig):
+    """Unstructured weight pruning (Han et al. 2015): the smallest-magnitude weights are set to zero and held
+    there by a fixed mask (fine-tuning never revives them).
+
+    Attributes:
+        sparsity: the share of weights removed, in [0, 1) (0.9: one weight in ten is kept); or an int, the
+            number of weights kept in each layer.
+        scope: ``"global"``: one magnitude threshold across every layer the config applies to, so layers with
+            many small weights lose more (Han et al.); ``"layer"``: each layer loses ``sparsity`` of its own.
+        criterion: ``"magnitude"`` (|w|).
+
+    The pruned layer keeps its dense shape (a dense kernel still executes the zeros, so MACs stay) and is
+    saved compactly by ``factorch.save``: its non-zero values plus a 1-bit mask.
+
+    References:
+        Han et al. 2015, "Learning both weights and connections for efficient neural networks".
+    """
+
+    sparsity: Any = 0.5
+    scope: str = "layer"
+    criterion: str = "magnitude"
+    method: ClassVar[str] = "prune"
+    option_field: ClassVar[str] = "sparsity"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        s = self.sparsity
+        if isinstance(s, bool) or not isinstance(s, numbers.Real):
+            raise TypeError(f"PruneConfig(sparsity=...) must be a number in [0, 1) or an int count kept, got {s!r}")
+        if isinstance(s, numbers.Integral):
+            if s < 1:
+                raise ValueError(f"PruneConfig(sparsity=...) as a count of weights kept must be >= 1, got {s}")
+        elif not 0 <= s < 1:
+            raise ValueError(f"PruneConfig(sparsity=...) must be in [0, 1) (the share removed), got {s}")
+        if self.scope not in PRUNE_SCOPES:
+            raise ValueError(f"PruneConfig(scope=...) must be one of {', '.join(PRUNE_SCOPES)}, got {self.scope!r}")
+        if self.criterion not in PRUNE_CRITERIA:
+            raise ValueError(
+                f"PruneConfig(criterion=...) must be one of {', '.join(PRUNE_CRITERIA)}, got {self.criterion!r}"
+            )
+
+    def options(self) -> dict[str, Any]:
+        return {"criterion": self.criterion}  # scope acts across layers (factorch.apply), not inside one
 
 
 @dataclass
@@ -148,6 +238,10 @@ class Plan:
                     self._patterns.append((key, re.compile(key[3:])))
                 except re.error as err:
                     raise ValueError(f"Plan key {key!r} is not a valid regular expression: {err}") from err
+
+    def patterns(self) -> list[tuple[str, re.Pattern]]:
+        """The ``re:`` keys and their compiled patterns, in order."""
+        return list(self._patterns)
 
     @property
     def default(self) -> MethodConfig | None:
@@ -180,7 +274,5 @@ class Plan:
 
 
 def config_for_method(method: str, **kwargs) -> MethodConfig:
-    """``config_for_method("tucker2", rank=0.5)`` -> ``Tucker2Config(rank=0.5)``."""
-    if method not in METHOD_CONFIGS:
-        raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHOD_CONFIGS)}")
-    return METHOD_CONFIGS[method](**kwargs)
+    """``config_for_method("tucker2", rank=0.5)`` -> ``Tucker2Config(rank=0.5)`` (any registered method)."""
+    return config_class(method)(**kwargs)

@@ -4,15 +4,16 @@ structure from the plan (no decomposition, no pickled modules)."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from factorch.api import PLAN_ATTR
-from factorch.layers import LAYER_CLASSES, FactorizedLayer
+from factorch.apply import PLAN_ATTR
 from factorch.layers._spec import spec_from_dict
 from factorch.models._io import CheckpointError, load_state_dict_file
+from factorch.registry import layer_class_named
 from factorch.surgery import add_zero_bias, get_module, replace_module
 
 PLAN_FILE = "plan.json"
@@ -22,48 +23,110 @@ FORMAT_VERSION = 1
 
 
 def model_plan(model: nn.Module) -> dict:
-    """The JSON description of ``model``'s factorized layers and folds (what :func:`load` replays)."""
+    """The JSON description of ``model``'s structural edits (what :func:`load` replays on the base model):
+    channels removed by structured pruning, BatchNorm folds, then the compressed layers."""
+    from factorch.surgery import compressed_layers
+
     layers = {}
-    for name, module in model.named_modules():
-        if isinstance(module, FactorizedLayer):
-            layers[name] = {"class": type(module).__name__, **module.describe()}
+    for name, module in compressed_layers(model):
+        layers[name] = {"class": type(module).__name__, **module.describe()}
     extra = getattr(model, PLAN_ATTR, {}) or {}
-    return {
+    plan = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
         "base": getattr(model, "factorch_spec", None),
         "folded_bn": extra.get("folded_bn", []),
         "layers": layers,
     }
+    if extra.get("channels"):
+        plan["channels"] = extra["channels"]
+    return plan
+
+
+def _packed_state(model: nn.Module, plan: dict) -> dict[str, torch.Tensor]:
+    """The state dict, each compressed layer's entries in its own compact format (recorded in ``plan``)."""
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    for name in plan["layers"]:
+        layer = model.get_submodule(name)
+        prefix = name + "."
+        own = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        packed, fmt = layer.pack_state(own)
+        if fmt is None:
+            continue
+        for k in own:
+            del state[prefix + k]
+        state.update({prefix + k: v for k, v in packed.items()})
+        plan["layers"][name]["packed"] = fmt
+    return state
 
 
 def save(model: nn.Module, path: str | Path) -> Path:
     """Write ``path/plan.json`` and ``path/weights.pt`` (a state dict that ``torch.load(weights_only=True)``
-    reads). Returns the folder."""
+    reads; compressed layers in their compact format, e.g. a pruned layer's non-zeros and a 1-bit mask).
+    Both files are written under temporary names first, so a failed save leaves nothing half-written.
+    Returns the folder."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    (path / PLAN_FILE).write_text(json.dumps(model_plan(model), indent=2) + "\n")
-    torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, path / WEIGHTS_FILE)
+    plan = model_plan(model)
+    state = _packed_state(model, plan)
+    tmp_plan, tmp_weights = path / (PLAN_FILE + ".tmp"), path / (WEIGHTS_FILE + ".tmp")
+    try:
+        tmp_plan.write_text(json.dumps(plan, indent=2) + "\n")
+        torch.save(state, tmp_weights)
+        os.replace(tmp_weights, path / WEIGHTS_FILE)
+        os.replace(tmp_plan, path / PLAN_FILE)
+    finally:
+        for tmp in (tmp_plan, tmp_weights):
+            tmp.unlink(missing_ok=True)
     return path
 
 
+def _layer_class(name: str, desc: dict):
+    try:
+        return layer_class_named(desc.get("class"))
+    except ValueError as err:
+        raise CheckpointError(f"plan layer {name!r}: {err}") from None
+
+
 def rebuild(base_model: nn.Module, plan: dict) -> nn.Module:
-    """Apply ``plan`` to ``base_model`` in place: fold markers, then factorized structures (weights unset)."""
+    """Apply ``plan`` to ``base_model`` in place: channels removed, fold markers, then compressed structures
+    (weights unset)."""
+    if plan.get("channels"):
+        from factorch.prune.channels import apply_channel_record_
+
+        for record in plan["channels"]:  # each structured-pruning step, in order
+            apply_channel_record_(base_model, record)
     for conv_name, bn_name in plan.get("folded_bn", []):
         add_zero_bias(get_module(base_model, conv_name))
         replace_module(base_model, bn_name, nn.Identity())
     for name, desc in plan.get("layers", {}).items():
-        cls_name = desc.get("class")
-        if cls_name not in LAYER_CLASSES:
-            raise CheckpointError(f"plan layer {name!r} has unknown class {cls_name!r}")
+        cls = _layer_class(name, desc)
         get_module(base_model, name)
         spec = spec_from_dict(desc["spec"])
-        cls = LAYER_CLASSES[cls_name]
         replace_module(base_model, name, cls.build(spec, tuple(desc["ranks"]), **desc.get("options", {})))
-    setattr(base_model, PLAN_ATTR, {"folded_bn": plan.get("folded_bn", [])})
+    extra = {"folded_bn": plan.get("folded_bn", [])}
+    if plan.get("channels"):
+        extra["channels"] = plan["channels"]
+    setattr(base_model, PLAN_ATTR, extra)
     return base_model
+
+
+def _unpack_state(state: dict[str, torch.Tensor], plan: dict) -> dict[str, torch.Tensor]:
+    for name, desc in plan.get("layers", {}).items():
+        fmt = desc.get("packed")
+        if not fmt:
+            continue
+        prefix = name + "."
+        own = {k[len(prefix) :]: state.pop(k) for k in [k for k in state if k.startswith(prefix)]}
+        cls = _layer_class(name, desc)
+        try:
+            unpacked = cls.unpack_state(own, fmt, spec_from_dict(desc["spec"]))
+        except (KeyError, ValueError, RuntimeError) as err:
+            raise CheckpointError(f"plan layer {name!r}: cannot unpack its {fmt!r} weights: {err}") from err
+        state.update({prefix + k: v for k, v in unpacked.items()})
+    return state
 
 
 def load(path: str | Path, base_model: nn.Module | None = None) -> nn.Module:
@@ -94,7 +157,7 @@ def load(path: str | Path, base_model: nn.Module | None = None) -> nn.Module:
 
         base_model = build_from_spec(base, str(plan_path))
     model = rebuild(base_model, plan)
-    state = load_state_dict_file(path / WEIGHTS_FILE)
+    state = _unpack_state(load_state_dict_file(path / WEIGHTS_FILE), plan)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 
 
@@ -25,6 +26,9 @@ class LayerReport:
     latency_ratio: float | None = None  # measured after / before at the report's batch size
     latency_ratio_b1: float | None = None  # the same at batch 1
     output_error: float | None = None  # after calibration: relative error of the layer's responses
+    nonzero_after: int | None = None  # parameters left non-zero (pruning); None when not compressed
+    size_before: int = 0  # bytes of the layer's parameters stored compactly (Cost.size_bytes)
+    size_after: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -37,6 +41,13 @@ def _count(n: float) -> str:
         if abs(n) >= scale:
             return f"{n / scale:.2f} {unit}"
     return f"{n:.0f}"
+
+
+def _bytes(n: float) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n:.0f} B"
 
 
 def _ratio(a: float, b: float) -> float | None:
@@ -129,6 +140,8 @@ class CompressionReport:
                         _count(r.macs_before),
                         "-",
                         "-",
+                        _bytes(r.size_before) if r.size_before else "-",
+                        "-",
                         f"skipped: {r.skipped}",
                     ]
                 )
@@ -143,6 +156,8 @@ class CompressionReport:
                         _count(r.params_after),
                         _count(r.macs_before),
                         _count(r.macs_after),
+                        _count(r.nonzero_after) if r.nonzero_after is not None else "",
+                        _bytes(r.size_after) if r.size_after else "",
                         f"{r.rel_error:.3g}" if r.rel_error is not None else "",
                         self._measured_note(r),
                     ]
@@ -156,7 +171,20 @@ class CompressionReport:
         macs = r.macs_after / r.macs_before if r.macs_before else float("nan")
         return f"time x{r.latency_ratio:.2f} (b{batch}), x{r.latency_ratio_b1:.2f} (b1); MACs x{macs:.2f}"
 
-    HEADER = ["layer", "type", "method", "ranks", "params", "params after", "MACs", "MACs after", "rel. error", "note"]
+    HEADER = [
+        "layer",
+        "type",
+        "method",
+        "ranks",
+        "params",
+        "params after",
+        "MACs",
+        "MACs after",
+        "non-zero after",
+        "bytes after",
+        "rel. error",
+        "note",
+    ]
 
     def _total_line(self) -> list[str]:
         t = self.totals
@@ -170,9 +198,17 @@ class CompressionReport:
             _count(t.get("params_after", 0)),
             _count(t.get("macs_before", 0)),
             _count(t.get("macs_after", 0)),
+            _count(t["nonzero_params_after"]) if t.get("nonzero_params_after") is not None else "",
+            _bytes(t["size_bytes"]) if t.get("size_bytes") is not None else "",
             "",
-            (f"params x{pr:.3f}, MACs x{mr:.3f}" if pr and mr else "") + self._latency_total(),
+            (f"params x{pr:.3f}, MACs x{mr:.3f}" if pr and mr else "") + self._storage_total() + self._latency_total(),
         ]
+
+    def _storage_total(self) -> str:
+        t = self.totals
+        if t.get("size_ratio") is None:
+            return ""
+        return f", non-zero params x{t['nonzero_params_ratio']:.3f}, bytes x{t['size_ratio']:.3f}"
 
     def _latency_total(self) -> str:
         t = self.totals
@@ -185,7 +221,11 @@ class CompressionReport:
         for row in [*self._rows(), self._total_line()]:
             lines.append("| " + " | ".join(c.replace("|", "/") for c in row) + " |")
         lines.append("")
-        lines.append("MACs = multiply-accumulates; rel. error = ||W - W_approx|| / ||W|| of the layer weight.")
+        lines.append(
+            "MACs = multiply-accumulates; non-zero = parameters not pruned away; bytes = parameters stored compactly "
+            "(non-zeros at their width plus a 1-bit mask where pruned); rel. error = ||W - W_approx|| / ||W|| of the "
+            "layer weight."
+        )
         if self.stages:
             lines += ["", "Stages (ratios relative to the original model):", ""]
             lines += ["| " + " | ".join(self.STAGE_HEADER) + " |", "|" + "---|" * len(self.STAGE_HEADER)]
@@ -193,29 +233,35 @@ class CompressionReport:
         return "\n".join(lines) + "\n"
 
     def to_rich(self) -> Table:
+        """A rich table in which no number is ever cut or folded: numeric and short columns keep their widest
+        cell; on a narrow terminal the layer names and notes fold onto more lines instead."""
         table = Table(title="factorch compression report", caption="MACs = multiply-accumulates")
-        for h in self.HEADER:
-            if h == "note":
-                table.add_column(h, overflow="ellipsis", no_wrap=True, max_width=60)
+        rows = [*self._rows(), self._total_line()]
+        for i, h in enumerate(self.HEADER):
+            widest = max([len(h)] + [len(r[i]) for r in rows])
+            if h in ("layer", "note"):
+                table.add_column(h, overflow="fold", min_width=min(widest, 16), ratio=1 if h == "note" else None)
             else:
-                table.add_column(
-                    h,
-                    justify="right" if h.startswith(("params", "MACs", "rel")) else "left",
-                    no_wrap=True,
-                    min_width=len(h),
-                )
-        for row in self._rows():
+                numeric = h.startswith(("params", "MACs", "rel", "non-zero", "bytes"))
+                table.add_column(h, justify="right" if numeric else "left", no_wrap=True, min_width=widest)
+        for row in rows[:-1]:
             table.add_row(*row, style="dim" if row[-1].startswith("skipped") else None)
-        table.add_row(*self._total_line(), style="bold")
+        table.add_row(*rows[-1], style="bold")
         return table
 
     def print(self, console: Console | None = None) -> None:
+        """Print the report; where the table is wider than the console, as plain Markdown lines (the terminal
+        wraps them) rather than a rich table that would have to cut cells."""
         console = console or Console()
-        console.print(self.to_rich())
+        table = self.to_rich()
+        if Measurement.get(console, console.options, table).minimum > console.width:
+            console.print(self.to_markdown(), markup=False, highlight=False, soft_wrap=True)
+            return
+        console.print(table)
         if self.stages:
             table = Table(title="stages (ratios relative to the original model)")
             for h in self.STAGE_HEADER:
-                table.add_column(h, no_wrap=True)
+                table.add_column(h, overflow="fold")
             for row in self._stage_rows():
                 table.add_row(*row)
             console.print(table)

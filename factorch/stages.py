@@ -23,15 +23,17 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from factorch.api import _as_inputs, _as_plan, _edge_layers, compress, factorized_row
+from factorch.api import compress
+from factorch.apply import as_inputs, as_plan, compressed_row, edge_layers
 from factorch.auto.config import AutoConfig, Target
-from factorch.config import MethodConfig, Plan
-from factorch.layers import FactorizedLayer
+from factorch.config import MethodConfig, Plan, PruneConfig
+from factorch.layers import CompressedLayer, PrunedLayer
 from factorch.layers.base import layer_geometry
 from factorch.progress import progress_bar
+from factorch.prune.config import ChannelPruneConfig
 from factorch.rank import FractionRank, MACRatioRank, ParamRatioRank, RankLike, RankProblem, as_selector
 from factorch.report import CompressionReport
-from factorch.surgery import candidate_layers, factorized_layers, replace_module, trace_layers
+from factorch.surgery import candidate_layers, compressed_layers, replace_module, trace_layers
 
 STATE_FILE = "stages.json"
 REPORT_FILE = "report.json"
@@ -67,6 +69,12 @@ def _relative_totals(report: CompressionReport, model: nn.Module, inputs: tuple,
     )
 
 
+def _option_text(cfg: MethodConfig, option: Any) -> str:
+    if isinstance(cfg, PruneConfig):
+        return f"sparsity {option:.4g}" if isinstance(option, float) else f"{option} weights kept"
+    return _rank_text(option)
+
+
 def _rank_text(rank: RankLike) -> str:
     selector = as_selector(rank)
     if isinstance(selector, (MACRatioRank, ParamRatioRank)):
@@ -94,10 +102,13 @@ def _uniform_stage(
     work = copy.deepcopy(current)
     shapes = trace_layers(work, inputs)
     errors: dict[str, float] = {}
-    for name, layer in list(factorized_layers(work)):
+    for name, layer in list(compressed_layers(work)):
         cfg, _ = plan.resolve(name)
         if cfg is None or cfg.method != layer.method or name in edges:
             continue  # left as it is (the plan leaves it alone, or another method made it)
+        if isinstance(layer, PrunedLayer):  # pruned again from its dense form: its zeros are the smallest weights
+            replace_module(work, name, layer.to_dense())
+            continue
         input_size, _ = layer_geometry(layer.spec.dense(device="meta"), shapes.get(name))
         rank = rank_for(cfg)
         if isinstance(as_selector(rank), FractionRank):  # a fraction of the dense layer's full rank
@@ -115,11 +126,11 @@ def _uniform_stage(
 
     dense_names = [n for n, _ in candidate_layers(work)]
     layers: dict[str, MethodConfig | None] = {}
-    patterns = dict(plan._patterns)
+    patterns = dict(plan.patterns())
     for key, cfg in plan.layers.items():
         if key in patterns and not any(patterns[key].fullmatch(n) for n in dense_names):
             continue  # every layer it matched is factorized by now
-        layers[key] = None if cfg is None else dataclasses.replace(cfg, rank=rank_for(cfg))
+        layers[key] = None if cfg is None else cfg.with_option(rank_for(cfg))
     layers.update({name: None for name in edges})
     stage_plan = Plan(layers)
     calibrating = any(c is not None and c.calibrate is not None for c in stage_plan.layers.values())
@@ -135,8 +146,8 @@ def _uniform_stage(
     changed = bool(errors)
     for i, row in enumerate(report.layers):
         layer = modules.get(row.name)
-        if isinstance(layer, FactorizedLayer) and row.skipped is not None:  # factorized in an earlier stage
-            new_row = factorized_row(row.name, layer, shapes.get(row.name))
+        if isinstance(layer, CompressedLayer) and row.skipped is not None:  # compressed in an earlier stage
+            new_row = compressed_row(row.name, layer, shapes.get(row.name))
             new_row.rel_error = errors.get(row.name)  # the error this stage's recompression added
             report.layers[i] = new_row
         elif row.skipped is None:
@@ -156,7 +167,7 @@ def _auto_stage(
     dense again (exactly, by ``to_dense``): the search sees every fine-tuned kernel and may pick any method
     and rank for it (Tucker-2 of such a kernel equals recompressing the Tucker-2 layer it came from)."""
     work = copy.deepcopy(current)
-    for name, layer in list(factorized_layers(work)):
+    for name, layer in list(compressed_layers(work)):
         replace_module(work, name, layer.to_dense())
     kind = config.parsed_target.kind
     goal = fraction
@@ -164,6 +175,25 @@ def _auto_stage(
         goal = min(1.0, fraction * original[kind] / max(1, _totals(work, inputs)[kind]))
     stage_config = dataclasses.replace(config, target=f"{kind}={goal!r}")
     built, report = compress(work, stage_config, example_inputs=inputs, calib_data=calib)
+    return built, report, True
+
+
+def _channel_stage(
+    current: nn.Module,
+    config: ChannelPruneConfig,
+    fraction: float,
+    *,
+    inputs: tuple,
+    original: dict[str, int],
+    calib: Any,
+) -> tuple[nn.Module, CompressionReport, bool]:
+    """Structured pruning of the current model to ``fraction`` of the original model's MACs / parameters."""
+    kind = config.parsed_target.kind
+    goal = fraction * original[kind] / max(1, _totals(current, inputs)[kind])
+    if goal >= 1.0:
+        return copy.deepcopy(current), compress(current, Plan({}), example_inputs=inputs)[1], False
+    stage_config = dataclasses.replace(config, target=f"{kind}={goal!r}")
+    built, report = compress(current, stage_config, example_inputs=inputs, calib_data=calib)
     return built, report, True
 
 
@@ -206,6 +236,7 @@ def compress_in_stages(
     batch_size: int | None = None,
     weight_decay: float = 5e-4,
     seed: int = 0,
+    schedule: str = "polynomial",
     inplace: bool = False,
     show_progress: bool = True,
     on_stage_end: Callable[[int, dict[str, Any]], None] | None = None,
@@ -260,6 +291,9 @@ def compress_in_stages(
             AutoConfig's own ``keep_edges`` decides for it).
         lr, temperature, alpha, batch_size, weight_decay: fine-tuning settings (see :func:`factorch.finetune`).
         seed: stage ``i`` fine-tunes with seed ``seed + i - 1``.
+        schedule: how a ``PruneConfig``'s sparsity grows over the stages: ``"polynomial"`` (Zhu & Gupta 2017)
+            or ``"linear"`` (Han et al. 2015's prune / retrain loop); see :func:`prune_sparsity`. The masks stay
+            fixed during each stage's fine-tuning, and each stage prunes the fine-tuned weights again.
         inplace: make ``model`` itself the result.
         show_progress: progress bars for the stages and the fine-tuning epochs.
         on_stage_end: called with ``(stage, record)`` after each stage's checkpoint is written.
@@ -291,12 +325,19 @@ def compress_in_stages(
         )
     if example_inputs is None:
         raise ValueError("example_inputs is needed: the stage targets are fractions of the whole model's totals")
-    inputs = tuple(t[:1] for t in _as_inputs(example_inputs))
+    inputs = tuple(t[:1] for t in as_inputs(example_inputs))
     if eval_fn is not None and not callable(eval_fn):
         raise TypeError(f"eval_fn must be callable (model -> score), got {type(eval_fn).__name__}")
+    if schedule not in ("polynomial", "linear"):
+        raise ValueError(f"schedule must be 'polynomial' or 'linear', got {schedule!r}")
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir (where the stages were saved)")
 
+    channel, given = None, config
+    if isinstance(config, ChannelPruneConfig):
+        if target is not None:
+            raise ValueError(f"target={target!r}: a ChannelPruneConfig carries its own target ({config.target!r})")
+        channel, config = config, AutoConfig(config.target)  # the stage fractions follow its target
     if isinstance(config, AutoConfig):
         goal = config.parsed_target
         if goal.fraction is None:
@@ -313,7 +354,7 @@ def compress_in_stages(
         fractions: list[float | None] = stage_fractions(goal.fraction, stages)
     else:
         auto = None
-        plan = _as_plan(config)
+        plan = as_plan(config)
         goal = None
         if target is not None:
             goal = Target.parse(target)
@@ -341,14 +382,14 @@ def compress_in_stages(
         shapes = trace_layers(model, inputs)
         dense = [n for n, _ in candidate_layers(model) if n in shapes]
         dense.sort(key=list(shapes).index)
-        edges = _edge_layers(dense, model) - set(plan.exact_names())
+        edges = edge_layers(dense, model) - set(plan.exact_names())
     calib = calib_data
     if auto is not None and calib is None and train_data is not None:
         calib = train_data if isinstance(train_data, DataLoader) else DataLoader(train_data, batch_size=128)
 
     settings = _json(
         {
-            "config": config.to_dict(),
+            "config": given.to_dict(),
             "stages": stages,
             "target": target,
             "finetune_epochs": finetune_epochs,
@@ -360,6 +401,7 @@ def compress_in_stages(
             "batch_size": batch_size,
             "weight_decay": weight_decay,
             "seed": seed,
+            "schedule": schedule,
         }
     )
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
@@ -412,7 +454,12 @@ def compress_in_stages(
                 break
             t0 = time.perf_counter()
             fraction = fractions[stage - 1]
-            if auto is not None:
+            if channel is not None:
+                label = f"{channel.parsed_target.kind}={fraction:.4g}"
+                work, stage_report, changed = _channel_stage(
+                    current, channel, fraction, inputs=inputs, original=original, calib=calib
+                )
+            elif auto is not None:
                 label = f"{auto.parsed_target.kind}={fraction:.4g}"
                 work, stage_report, changed = _auto_stage(
                     current, auto, fraction, inputs=inputs, original=original, calib=calib
@@ -423,8 +470,8 @@ def compress_in_stages(
                     current, plan, goal.kind, fraction, inputs=inputs, edges=edges, calib=calib, original=original
                 )
             else:
-                rank_for = _rank_schedule(stage, stages)
-                label = ", ".join(dict.fromkeys(_rank_text(rank_for(c)) for c in plan.layers.values() if c))
+                rank_for = _rank_schedule(stage, stages, schedule)
+                label = ", ".join(dict.fromkeys(_option_text(c, rank_for(c)) for c in plan.layers.values() if c))
                 work, stage_report, changed = _uniform_stage(
                     current, plan, rank_for, inputs=inputs, edges=edges, calib_data=calib
                 )
@@ -435,8 +482,8 @@ def compress_in_stages(
                 "target_fraction": fraction,
                 "params_ratio": stage_report.totals["params_ratio"],
                 "macs_ratio": stage_report.totals["macs_ratio"],
-                "methods": {n: m.method for n, m in factorized_layers(work)},
-                "ranks": {n: list(m.ranks) for n, m in factorized_layers(work)},
+                "methods": {n: m.method for n, m in compressed_layers(work)},
+                "ranks": {n: list(m.ranks) for n, m in compressed_layers(work)},
                 "score_compressed": None,
                 "score_finetuned": None,
                 "accuracy_drop": None,
@@ -516,11 +563,33 @@ def compress_in_stages(
     return result, report
 
 
-def _rank_schedule(stage: int, stages: int) -> Callable[[MethodConfig], RankLike]:
-    """Rank rules of stage ``stage``: cost ratios and fractions of full rank ``f`` become
-    ``f ** (stage / stages)``; other rules stay as they are."""
+def prune_sparsity(final: float, stage: int, stages: int, schedule: str = "polynomial") -> float:
+    """The sparsity of stage ``stage`` of ``stages`` on the way to ``final``.
+
+    ``"polynomial"``: Zhu & Gupta 2017's gradual schedule ``s_f (1 - (1 - t)^3)`` with ``t = stage / stages``
+    (large steps first, while many redundant weights remain, small ones at the end); ``"linear"``: equal steps
+    (Han et al. 2015's iterative prune / retrain loop).
+
+    References:
+        Zhu & Gupta 2017, "To prune, or not to prune"; Han et al. 2015.
+    """
+    t = stage / stages
+    if schedule == "polynomial":
+        return final * (1.0 - (1.0 - t) ** 3)
+    if schedule == "linear":
+        return final * t
+    raise ValueError(f"schedule must be 'polynomial' or 'linear', got {schedule!r}")
+
+
+def _rank_schedule(stage: int, stages: int, schedule: str = "polynomial") -> Callable[[MethodConfig], RankLike]:
+    """Options of stage ``stage``: cost ratios and fractions of full rank ``f`` become ``f ** (stage / stages)``,
+    pruning sparsities follow :func:`prune_sparsity`; other rules stay as they are."""
 
     def rank_for(cfg: MethodConfig) -> RankLike:
+        if isinstance(cfg, PruneConfig):
+            if isinstance(cfg.sparsity, float):
+                return prune_sparsity(cfg.sparsity, stage, stages, schedule)
+            return cfg.sparsity
         selector = as_selector(cfg.rank)
         if isinstance(selector, (MACRatioRank, ParamRatioRank)):
             return type(selector)(selector.ratio ** (stage / stages))

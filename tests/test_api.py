@@ -149,7 +149,7 @@ def test_plan_resolution_order():
 def test_plan_naming_a_missing_layer(net):
     with pytest.raises(ValueError, match="no layer named 'conv3'.*Did you mean 'conv2'"):
         factorch.compress(net, factorch.Plan({"conv3": factorch.SVDConfig(rank=2)}))
-    with pytest.raises(ValueError, match="matches no factorizable layer"):
+    with pytest.raises(ValueError, match="matches no compressible layer"):
         factorch.compress(net, factorch.Plan({"re:nothing.*": factorch.SVDConfig(rank=2)}))
 
 

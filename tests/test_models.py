@@ -6,7 +6,8 @@ import torch
 import factorch
 from factorch.models import create_model, list_models, model_card, weights_path
 from factorch.models._io import CheckpointError, load_state_dict_file
-from factorch.models._resolve import architecture_spec, load_model
+from factorch.models._resolve import architecture_spec
+from factorch.resolve import load_model
 
 NAMES = list_models()
 

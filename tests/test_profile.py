@@ -529,3 +529,62 @@ def test_latency_argument_errors(kwargs: dict, error: type[Exception], pattern: 
 def test_latency_shape_error_names_the_layer():
     with pytest.raises(ValueError, match=r"'0' \(Conv2d\)"):
         measure_latency(tiny(), input_shape=(1, 3, 8, 8), batch_sizes=(1,), repeats=1, warmup=0)
+
+
+# ---------------------------------------------------------------- cross-attention (query length != key length)
+
+
+class CrossAttention(nn.Module):
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k, v)
+
+
+@pytest.mark.parametrize(
+    ("value_dim", "kernel"),
+    [(8, "aten._scaled_dot_product_flash_attention_for_cpu"), (4, "aten.bmm")],  # Ev != E: the math kernel
+)
+def test_cross_attention_macs_use_both_lengths(value_dim: int, kernel: str):
+    # batch 2, heads 3, L = 5 queries of dim E = 8, S = 11 keys, values of dim Ev
+    q, k, v = torch.randn(2, 3, 5, 8), torch.randn(2, 3, 11, 8), torch.randn(2, 3, 11, value_dim)
+    qk = 2 * 3 * 5 * 11 * 8  # Q K^T: L x S scores, each a dot product over E
+    pv = 2 * 3 * 5 * 11 * value_dim  # P V: L x Ev outputs, each a sum over S
+    report = profile(CrossAttention(), (q, k, v))
+    assert report.total_macs == qk + pv == {8: 5_280, 4: 3_960}[value_dim]
+    assert report.macs_by_op == {kernel: qk + pv}
+    math_kernel = torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH)
+    with math_kernel, FlopCounterMode(display=False) as reference:
+        CrossAttention()(q, k, v)
+    assert reference.get_total_flops() // 2 == qk + pv  # the math kernel (bmm) agrees
+
+
+class CrossMultiheadAttention(nn.Module):
+    def __init__(self, need_weights: bool, **kwargs) -> None:
+        super().__init__()
+        self.mha = nn.MultiheadAttention(16, 2, batch_first=True, **kwargs)
+        self.need_weights = need_weights
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        return self.mha(query, key, value, need_weights=self.need_weights)[0]
+
+
+@pytest.mark.parametrize("need_weights", [True, False])  # bmm + softmax, or the CPU attention kernel
+def test_multihead_cross_attention_macs(need_weights: bool):
+    batch, lq, lk, e = 2, 5, 11, 16
+    query, memory = torch.randn(batch, lq, e), torch.randn(batch, lk, e)
+    projections = lq * e * e + 2 * lk * e * e + lq * e * e  # q from the queries; k, v from the memory; out
+    attention = lq * lk * e + lq * lk * e  # Q K^T and P V, summed over the 2 heads of 8
+    report = profile(CrossMultiheadAttention(need_weights), (query, memory, memory))
+    assert report.total_macs == batch * (projections + attention) == 19_904
+    rows = {r.name: r for r in report.rows}
+    assert rows["mha"].macs == 19_904 and rows["mha"].calls == 1  # out_proj's weight is used functionally
+
+
+@pytest.mark.parametrize("need_weights", [True, False])
+def test_multihead_cross_attention_with_other_key_and_value_widths(need_weights: bool):
+    batch, lq, lk, e, kdim, vdim = 2, 5, 11, 16, 6, 10
+    model = CrossMultiheadAttention(need_weights, kdim=kdim, vdim=vdim)
+    query, keys, values = torch.randn(batch, lq, e), torch.randn(batch, lk, kdim), torch.randn(batch, lk, vdim)
+    projections = lq * e * e + lk * kdim * e + lk * vdim * e + lq * e * e
+    attention = 2 * lq * lk * e
+    report = profile(model, (query, keys, values))
+    assert report.total_macs == batch * (projections + attention) == 14_272

@@ -6,10 +6,10 @@ import numbers
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
-TARGET_KINDS = ("macs", "params", "latency")
+TARGET_KINDS = ("macs", "params", "size", "latency")
 OBJECTIVES = ("accuracy", "kl", "output")
 RUNTIMES = ("torch", "onnxruntime")
-AUTO_METHODS = ("tucker2", "cp", "svd", "spatial-svd")
+AUTO_METHODS = ("tucker2", "cp", "svd", "spatial-svd")  # the default choice; any searchable registered method
 AUTO_CONFIG_VERSION = 1
 
 
@@ -137,13 +137,14 @@ class AutoConfig:
         if isinstance(self.methods, str):
             self.methods = (self.methods,)
         self.methods = tuple(self.methods)
+        from factorch.registry import list_methods
+
+        allowed = list_methods(searchable=True)
         if not self.methods:
-            raise ValueError(f"AutoConfig(methods=...) must name at least one of {', '.join(AUTO_METHODS)}")
+            raise ValueError(f"AutoConfig(methods=...) must name at least one of {', '.join(allowed)}")
         for m in self.methods:
-            if m not in AUTO_METHODS:
-                raise ValueError(
-                    f"AutoConfig(methods=...): unknown method {m!r}; choose from {', '.join(AUTO_METHODS)}"
-                )
+            if m not in allowed:
+                raise ValueError(f"AutoConfig(methods=...): unknown method {m!r}; choose from {', '.join(allowed)}")
         if self.objective not in OBJECTIVES:
             raise ValueError(
                 f"AutoConfig(objective=...) must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}"

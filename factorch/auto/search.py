@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from factorch.apply import dense_layer_cost, model_storage
 from factorch.auto.config import AutoConfig, Target
 from factorch.auto.sensitivity import (
     SENSITIVITY_VERSION,
@@ -26,12 +27,14 @@ from factorch.auto.sensitivity import (
 )
 from factorch.auto.timing import time_pair
 from factorch.config import Plan, config_for_method
-from factorch.layers import FactorizedLayer, NotFactorizable, layer_class
+from factorch.cost import Cost
+from factorch.layers import layer_class
 from factorch.layers._spec import spec_of
 from factorch.layers.base import layer_geometry
 from factorch.progress import progress_bar
 from factorch.rank import MACRatioRank, ParamRatioRank
 from factorch.rank.knapsack import solve_mckp
+from factorch.registry import NotCompressible
 from factorch.report import CompressionReport
 from factorch.surgery import candidate_layers, conv_bn_pairs, fold_batchnorms, get_module, trace_layers
 
@@ -78,6 +81,7 @@ class Candidate:
     raw_damage: float = math.nan  # the score as measured
     measured: bool = True  # False: damage interpolated between two scored neighbours
     latency_s: float | None = None
+    size: int = 0  # bytes stored compactly (Cost.size_bytes)
 
     @property
     def key(self) -> str:
@@ -93,6 +97,7 @@ class LayerChoices:
     per_position: int
     dense_params: int
     dense_macs: int
+    dense_size: int = 0
     candidates: list[Candidate] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
     dense_latency_s: float | None = None
@@ -107,11 +112,24 @@ def _round_ranks(ranks: tuple[int, ...], max_ranks: tuple[int, ...], step: int) 
 
 
 def _cost(kind: str, c: Candidate) -> float:
-    return float(c.latency_s if kind == "latency" else c.params if kind == "params" else c.macs)
+    """A candidate's cost in a budget's units (``params`` counts non-zero parameters)."""
+    return float({"latency": c.latency_s, "params": c.params, "size": c.size}.get(kind, c.macs))
 
 
 def _dense_cost(kind: str, lc: LayerChoices) -> float:
-    return float(lc.dense_latency_s if kind == "latency" else lc.dense_params if kind == "params" else lc.dense_macs)
+    return float(
+        {"latency": lc.dense_latency_s, "params": lc.dense_params, "size": lc.dense_size}.get(kind, lc.dense_macs)
+    )
+
+
+def _cheaper(kind: str, cost: Cost, lc: LayerChoices) -> bool:
+    """A candidate worth offering: cheaper than the dense layer in the budget's units, dearer in none.
+
+    Under a latency budget, MACs stand in until the candidates are timed.
+    """
+    unit = "macs" if kind == "latency" else kind
+    dense = {"macs": lc.dense_macs, "params": lc.dense_params, "size": lc.dense_size}
+    return cost.of(unit) < dense[unit] and cost.macs <= lc.dense_macs and cost.nonzero_params <= lc.dense_params
 
 
 class AutoSearch:
@@ -132,10 +150,8 @@ class AutoSearch:
             fold_batchnorms(self.model, conv_bn_pairs(self.model))
         from factorch.profiling import profile
 
-        dense = profile(model, inputs)
-        self.totals_before = {"params": dense.total_params, "macs": dense.total_macs}
-        folded = profile(self.model, inputs)
-        self.totals_work = {"params": folded.total_params, "macs": folded.total_macs}
+        self.totals_before = self._totals(model, profile(model, inputs))
+        self.totals_work = self._totals(self.model, profile(self.model, inputs))
         self.layers: list[LayerChoices] = []
         self.skipped: dict[str, str] = {}
         self.stats: dict[str, Any] = {}
@@ -146,7 +162,20 @@ class AutoSearch:
         self.fit_options = fit_options(cfg)
         self._enumerate()
 
+    @staticmethod
+    def _totals(model: nn.Module, prof) -> dict[str, float]:
+        store = model_storage(model)
+        return {"params": store["nonzero_params"], "macs": prof.total_macs, "size": store["size_bytes"]}
+
     # -- candidates -------------------------------------------------------------------------------------
+    def _option_cost(self, lc: LayerChoices, method: str, ranks: tuple[int, ...]) -> Cost:
+        _, options = self._problems[(lc.name, method)]
+        cls = layer_class(method, lc.layer)
+        return cls.option_cost(spec_of(lc.layer), ranks, lc.input_size, **options).scaled_macs(lc.per_position)
+
+    def _candidate(self, lc: LayerChoices, method: str, ranks: tuple[int, ...], cost: Cost, **kw) -> Candidate:
+        return Candidate(method, ranks, cost.nonzero_params, cost.macs, size=cost.size_bytes, **kw)
+
     def _enumerate(self) -> None:
         cfg = self.cfg
         shapes = trace_layers(self.model, self.inputs)
@@ -157,7 +186,7 @@ class AutoSearch:
             convs = [n for n, m in layers if isinstance(m, (nn.Conv1d, nn.Conv2d))]
             linears = [n for n, m in layers if isinstance(m, nn.Linear)]
             edges = set(convs[:1] + linears[-1:])
-        selector = ParamRatioRank if self.kind == "params" else MACRatioRank
+        selector = ParamRatioRank if self.kind in ("params", "size") else MACRatioRank
         for name, layer in layers:
             if name in edges:
                 self.skipped[name] = (
@@ -165,31 +194,30 @@ class AutoSearch:
                 )
                 continue
             input_size, per_position = layer_geometry(layer, shapes[name])
-            dense_params, dense_macs = FactorizedLayer.dense_cost(layer, input_size)
+            dense = dense_layer_cost(layer, input_size, per_position)
             lc = LayerChoices(
-                name, layer, shapes[name], input_size, per_position, dense_params, dense_macs * per_position
+                name, layer, shapes[name], input_size, per_position, dense.nonzero_params, dense.macs, dense.size_bytes
             )
             for method in cfg.methods:
                 try:
                     cls = layer_class(method, layer)
                     options = {**config_for_method(method).options(), **self.fit_options.get(method, {})}
                     problem = cls.rank_problem(layer, input_size=input_size, name=name, **options)
-                except NotFactorizable as err:
+                except NotCompressible as err:
                     lc.reasons.append(f"{method}: {err}")
                     continue
+                self._problems[(name, method)] = (problem, options)
                 seen: dict[tuple[int, ...], Candidate] = {}
                 for level in cfg.levels:
                     ranks = _round_ranks(selector(level)(problem), problem.max_ranks, cfg.round_to)
                     if ranks in seen:
                         continue
-                    params, macs = problem.cost(ranks)
-                    macs *= per_position
-                    if params < dense_params and macs < lc.dense_macs:
-                        seen[ranks] = Candidate(method, ranks, params, macs)
+                    cost = self._option_cost(lc, method, ranks)
+                    if _cheaper(self.kind, cost, lc):
+                        seen[ranks] = self._candidate(lc, method, ranks, cost)
                 if not seen:
-                    lc.reasons.append(f"{method}: no rank on the grid is smaller than the dense layer")
-                lc.candidates.extend(sorted(seen.values(), key=lambda c: c.macs))
-                self._problems[(name, method)] = (problem, options)
+                    lc.reasons.append(f"{method}: no option on the grid is cheaper than the dense layer")
+                lc.candidates.extend(sorted(seen.values(), key=lambda c: (c.macs, c.params)))
             if lc.candidates:
                 self.layers.append(lc)
             else:
@@ -269,7 +297,7 @@ class AutoSearch:
             # more rank never hurts in expectation: a score above that of a smaller rank is noise
             for method in {c.method for c in lc.candidates}:
                 lowest = math.inf
-                for c in sorted((c for c in lc.candidates if c.method == method), key=lambda c: c.macs):
+                for c in sorted((c for c in lc.candidates if c.method == method), key=lambda c: (c.macs, c.params)):
                     lowest = min(lowest, c.raw_damage)
                     c.damage = lowest
         if self.kind != "latency":
@@ -472,9 +500,12 @@ class AutoSearch:
                 scored = [c for c in lc.candidates if c.method == method]
                 known = {c.ranks for c in scored}
                 anchors = list(scored)
-                if method != "cp" and problem.max_ranks not in known:
-                    params, macs = problem.cost(problem.max_ranks)
-                    anchors.append(Candidate(method, problem.max_ranks, params, macs * lc.per_position, 0.0))
+                if (
+                    getattr(layer_class(method, lc.layer), "exact_at_full_rank", True)
+                    and problem.max_ranks not in known
+                ):
+                    cost = self._option_cost(lc, method, problem.max_ranks)
+                    anchors.append(self._candidate(lc, method, problem.max_ranks, cost, damage=0.0))
                 for a, b in zip(anchors, anchors[1:]):
                     gap = max(abs(rb - ra) for ra, rb in zip(a.ranks, b.ranks))
                     n = min(gap - 1, _INTERPOLATED_MAX)
@@ -485,19 +516,18 @@ class AutoSearch:
                         if ranks in known:
                             continue
                         known.add(ranks)
-                        params, macs = problem.cost(ranks)
-                        macs *= lc.per_position
-                        if params >= lc.dense_params or macs >= lc.dense_macs:
+                        full = self._option_cost(lc, method, ranks)
+                        if not _cheaper(self.kind, full, lc):
                             continue
                         ca, cb = _cost(self.kind, a), _cost(self.kind, b)
-                        cost = float(params if self.kind == "params" else macs)
+                        c = self._candidate(lc, method, ranks, full, measured=False)
+                        cost = _cost(self.kind, c)
                         if not ca < cost < cb:
                             continue
                         w = (cost - ca) / (cb - ca)
-                        extra.append(
-                            Candidate(method, ranks, params, macs, (1 - w) * a.damage + w * b.damage, measured=False)
-                        )
-            lc.candidates = sorted(lc.candidates + extra, key=lambda c: (c.method, c.macs))
+                        c.damage = (1 - w) * a.damage + w * b.damage
+                        extra.append(c)
+            lc.candidates = sorted(lc.candidates + extra, key=lambda c: (c.method, c.macs, c.params))
 
     # -- latency ----------------------------------------------------------------------------------------
     def measure_candidates(self) -> None:
@@ -684,7 +714,7 @@ class AutoSearch:
             if c is not None:
                 rank = c.ranks[0] if len(c.ranks) == 1 else tuple(c.ranks)
                 options = self.fit_options.get(c.method, {})
-                layers[name] = config_for_method(c.method, rank=rank, fold_bn=self.cfg.fold_bn, **options)
+                layers[name] = config_for_method(c.method, fold_bn=self.cfg.fold_bn, **options).with_option(rank)
         return Plan(layers)
 
 
@@ -780,7 +810,7 @@ def auto_compress(
     inplace: bool,
 ) -> tuple[nn.Module, CompressionReport]:
     """:func:`factorch.compress` for an :class:`AutoConfig` (see there)."""
-    from factorch.api import _compress_plan
+    from factorch.apply import apply_plan
 
     target: Target = cfg.parsed_target
     if target.fraction is None and eval_fn is None:
@@ -828,13 +858,13 @@ def auto_compress(
         choice, predicted = search.choose(fraction, total, fixed)
         # the layers the search built and measured, not decomposed again
         prebuilt = {lc.name: search._replacement(lc, c) for lc in search.layers if (c := choice.get(lc.name))}
-        built, report = _compress_plan(
+        built, report = apply_plan(
             model,
             search.plan(choice),
-            inputs=inputs,
+            example_inputs=inputs,
             inplace=False,
             keep_edges=True,
-            calib_data=None,
+            fold_bn=cfg.fold_bn,
             prebuilt=prebuilt,
         )
         report.totals["predicted_damage"] = predicted
@@ -914,12 +944,12 @@ def auto_compress(
                 "attempt(s); the closest is returned"
             )
     if cfg.calibrate is not None:
-        from factorch.api import _note_calibration
+        from factorch.apply import note_calibration
         from factorch.calibrate import calibrate_
 
         result = calibrate_(built, search.model, calib_data, config=cfg.calibrate)
         report.totals["calibration"] = result.to_dict()
-        _note_calibration(report, result)
+        note_calibration(report, result)
     if cfg.measure or target.kind == "latency":
         _measure(report, reference, built, inputs, search, repeats=max(20, cfg.latency_repeats))
     if eval_fn is not None:
@@ -951,8 +981,8 @@ def _achieved(
     inputs: tuple[Tensor, ...],
     cfg: AutoConfig,
 ) -> float:
-    if kind != "latency":
-        return float(report.totals[f"{kind}_ratio"])
+    if kind != "latency":  # params budgets count non-zeros; size budgets bytes stored compactly
+        return float(report.totals[{"params": "nonzero_params_ratio", "size": "size_ratio"}.get(kind, f"{kind}_ratio")])
     t = time_pair(
         reference, built, inputs, batch_sizes=(cfg.batch_size,), runtime=cfg.runtime, repeats=20, threads=cfg.threads
     )

@@ -97,7 +97,7 @@ def run_sweep(
     ``eval_fn`` (e.g. test accuracy). Writes ``sweep.json``, ``sweep.md``, ``sweep_macs.png`` and
     ``sweep_latency.png`` under ``out`` when given. The sensitivity table is computed once and cached.
     """
-    from factorch.api import compress
+    from factorch.auto.search import auto_compress
     from factorch.auto.uniform import uniform_compress
 
     if not configs:
@@ -123,7 +123,9 @@ def run_sweep(
     with progress_bar("sweep", len(jobs)) as advance:
         for kind, cfg in jobs:
             if kind == "auto":
-                built, report = compress(model, cfg, example_inputs=inputs, calib_data=calib_data)
+                built, report = auto_compress(
+                    model, cfg, inputs=inputs, calib_data=calib_data, eval_fn=None, inplace=False
+                )
                 t = report.totals
                 lat, lat1 = t.get("latency_ratio"), t.get("latency_ratio_b1")
             else:

@@ -28,7 +28,7 @@ def uniform_compress(
     Raises:
         ValueError: a latency or fraction-less target, or no uniform ratio meets the target.
     """
-    from factorch.api import compress
+    from factorch.apply import apply_plan
 
     goal = Target.parse(target)
     if goal.kind == "latency" or goal.fraction is None:
@@ -38,7 +38,7 @@ def uniform_compress(
     for _ in range(steps):
         mid = 0.5 * (lo + hi)
         cfg = config_for_method(method, rank=selector(mid), **options)
-        built, report = compress(model, cfg, example_inputs=example_inputs)
+        built, report = apply_plan(model, cfg, example_inputs=example_inputs)
         if report.totals[f"{goal.kind}_ratio"] <= goal.fraction:
             lo, best = mid, (built, report, cfg)
         else:

@@ -272,7 +272,7 @@ def calibrate_(
     """
     import time
 
-    from factorch.auto.sensitivity import calibration_inputs
+    from factorch.data.calib import calibration_inputs
 
     cfg = config or CalibrationConfig()
     t0 = time.perf_counter()

@@ -1,19 +1,23 @@
 """Factorized layers: each replaces one dense layer by a chain of smaller standard layers.
 
-Every layer class has ``from_dense(layer, rank, *, decompose_weights=True)``, ``to_dense()`` and
-``reconstruct_weight()``; :func:`layer_class` picks the class for a method and a dense layer.
+Every layer class follows :class:`CompressedLayer`: ``from_dense(layer, option, *, decompose_weights=True)``,
+``to_dense()``, ``reconstruct_weight()``, ``describe()`` and ``option_cost``; :func:`layer_class` picks the
+class for a method and a dense layer from the method registry (:mod:`factorch.registry`).
 """
 
 from __future__ import annotations
 
 from torch import nn
 
+from factorch import registry as _registry
 from factorch.layers._spec import ConvSpec as ConvSpec
 from factorch.layers._spec import EmbeddingSpec as EmbeddingSpec
 from factorch.layers._spec import LinearSpec as LinearSpec
+from factorch.layers.base import CompressedLayer as CompressedLayer
 from factorch.layers.base import FactorizedLayer as FactorizedLayer
 from factorch.layers.base import NotFactorizable as NotFactorizable
 from factorch.layers.cp import CPConv as CPConv
+from factorch.layers.pruned import PrunedLayer as PrunedLayer
 from factorch.layers.spatial import SpatialSVDConv2d as SpatialSVDConv2d
 from factorch.layers.svd import LowRankLinear as LowRankLinear
 from factorch.layers.svd import SVDConv as SVDConv
@@ -21,58 +25,46 @@ from factorch.layers.tt import TTEmbedding as TTEmbedding
 from factorch.layers.tt import TTLinear as TTLinear
 from factorch.layers.tucker import Tucker2Conv as Tucker2Conv
 
-CONV = (nn.Conv1d, nn.Conv2d)
 
-# method -> dense layer types -> factorized layer class
-METHODS: dict[str, dict[tuple[type, ...], type[FactorizedLayer]]] = {
-    "svd": {(nn.Linear,): LowRankLinear, CONV: SVDConv},
-    "spatial-svd": {CONV: SpatialSVDConv2d},
-    "tucker2": {CONV: Tucker2Conv},
-    "cp": {CONV: CPConv},
-    "tt": {(nn.Linear,): TTLinear, (nn.Embedding,): TTEmbedding},
-}
-LAYER_CLASSES: dict[str, type[FactorizedLayer]] = {}
+def register_method(method: str, types: tuple[type, ...], cls: type[CompressedLayer]) -> None:
+    """Add compressed layer class ``cls`` for dense layer ``types`` to the registered ``method``.
 
-
-def register_method(method: str, types: tuple[type, ...], cls: type[FactorizedLayer]) -> None:
-    """Add a factorized layer class for ``method`` and dense layer ``types``."""
-    METHODS.setdefault(method, {})[types] = cls
-    LAYER_CLASSES[cls.__name__] = cls
-
-
-for _table in METHODS.values():
-    for _cls in _table.values():
-        LAYER_CLASSES[_cls.__name__] = _cls
+    A new method is registered whole with :func:`factorch.registry.register_method` (its config too).
+    """
+    entry = _registry.get_method(method)
+    _registry.register_method(
+        method,
+        config=entry.config,
+        layers={**entry.layers, tuple(types): cls},
+        searchable=entry.searchable,
+        cli=entry.cli,
+        replace=True,
+    )
 
 
 def list_methods() -> list[str]:
-    return sorted(METHODS)
+    return _registry.list_methods()
 
 
-def layer_class(method: str, layer: nn.Module) -> type[FactorizedLayer]:
-    """The factorized layer class for ``method`` and this dense ``layer``.
+def layer_class(method: str, layer: nn.Module) -> type[CompressedLayer]:
+    """The compressed layer class for ``method`` and this dense ``layer``.
 
     Raises:
         ValueError: unknown method.
-        NotFactorizable: the method does not handle this layer type (the message says which types it does).
+        NotCompressible: the method does not handle this layer type (the message says which types it does).
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose from {', '.join(list_methods())}")
-    for types, cls in METHODS[method].items():
-        if type(layer) in types:
-            return cls
-    allowed = ", ".join(t.__name__ for types in METHODS[method] for t in types)
-    raise NotFactorizable(f"{method} does not handle {type(layer).__name__} layers (it handles {allowed})")
+    return _registry.layer_class(method, layer)
 
 
 __all__ = [
     "CPConv",
+    "CompressedLayer",
+    "PrunedLayer",
     "ConvSpec",
     "EmbeddingSpec",
     "FactorizedLayer",
     "LinearSpec",
     "LowRankLinear",
-    "METHODS",
     "NotFactorizable",
     "SVDConv",
     "SpatialSVDConv2d",

@@ -12,15 +12,73 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from factorch.cost import Cost
 from factorch.layers._spec import ConvSpec, EmbeddingSpec, LinearSpec, spec_of
 from factorch.rank import RankLike, RankProblem, Spectrum, as_selector
+from factorch.registry import NotCompressible
 
 Spec = ConvSpec | LinearSpec | EmbeddingSpec
 NOMINAL_SIZE = 32  # spatial input size assumed for MACs when none is known
 
 
-class NotFactorizable(ValueError):
+class NotFactorizable(NotCompressible):
     """A layer that a method cannot (or should not) factorize; the message is the reason."""
+
+
+class CompressedLayer:
+    """The protocol of every compressed layer (factorized, pruned, quantized...), whatever its method.
+
+    A compressed layer replaces one dense layer (whose :attr:`spec` it keeps) and is described by its
+    *option*: a tuple of ints named by :attr:`rank_names` (the ranks of a factorization, the weights kept by
+    pruning...). It provides, as classmethods, ``check(spec, options)``, ``max_ranks``, ``rank_problem`` (the
+    options a search may try, with their costs), ``resolve_ranks`` (a user's option, e.g. ``0.5`` or
+    ``"vbmf"``, to explicit ints), ``build(spec, ranks, device, **options)`` (the structure, weights unset:
+    what loading rebuilds), ``from_dense(layer, option, **options)`` and :meth:`option_cost`; and, per
+    instance, ``to_dense()``, ``reconstruct_weight()``, :meth:`describe` (the JSON spec that ``factorch.save``
+    writes) and, optionally, a compact storage of its state (:meth:`pack_state` / :meth:`unpack_state`).
+    """
+
+    method: ClassVar[str] = ""
+    rank_names: ClassVar[tuple[str, ...]] = ("rank",)
+    exact_at_full_rank: ClassVar[bool] = True  # the largest option reproduces the dense layer (damage 0)
+    spec: Spec
+    ranks: tuple[int, ...]
+    options: dict
+
+    @classmethod
+    def option_cost(
+        cls, spec: Spec, ranks: tuple[int, ...], input_size: tuple[int, ...] | None = None, **options
+    ) -> Cost:
+        """The :class:`~factorch.cost.Cost` of this layer class at ``ranks`` (batch 1, spatial ``input_size``)."""
+        params, macs = cls.cost(spec, ranks, input_size, **options)
+        return Cost.dense(params, macs, weight_bits=torch.finfo(spec.torch_dtype).bits)
+
+    def layer_cost(self, input_size: tuple[int, ...] | None = None) -> Cost:
+        """The cost of this very layer."""
+        return type(self).option_cost(self.spec, self.ranks, input_size, **self.options)
+
+    def describe(self) -> dict:
+        """JSON-able description: method, ranks, options and the dense spec (enough to rebuild)."""
+        from factorch.layers._spec import spec_to_dict
+
+        return {
+            "method": self.method,
+            "ranks": list(self.ranks),
+            "options": dict(self.options),
+            "spec": spec_to_dict(self.spec),
+        }
+
+    def pack_state(self, state: dict[str, Tensor]) -> tuple[dict[str, Tensor], str | None]:
+        """This layer's own state dict entries (keys relative to the layer) in a compact storage format.
+
+        Returns ``(entries, format name)``; the default stores them as they are (format ``None``).
+        """
+        return state, None
+
+    @classmethod
+    def unpack_state(cls, packed: dict[str, Tensor], fmt: str, spec: Spec) -> dict[str, Tensor]:
+        """The state dict entries that :meth:`pack_state` packed."""
+        raise ValueError(f"{cls.__name__} does not know the packed format {fmt!r}")
 
 
 def count_params(module: nn.Module) -> int:
@@ -75,7 +133,7 @@ def group_kernels(weight: Tensor, groups: int) -> list[Tensor]:
     return list(weight.detach().double().chunk(groups, dim=0))
 
 
-class FactorizedLayer(nn.Sequential):
+class FactorizedLayer(nn.Sequential, CompressedLayer):
     """A chain of standard layers computing (an approximation of) a dense layer.
 
     Subclasses define the chain (:meth:`build`), the weights from a decomposition (:meth:`_set_factors`),
@@ -273,17 +331,6 @@ class FactorizedLayer(nn.Sequential):
 
     def extra_repr(self) -> str:
         return ", ".join(f"{n}={r}" for n, r in zip(self.rank_names, self.ranks))
-
-    def describe(self) -> dict:
-        """JSON-able description: method, ranks, options and the dense spec (enough to rebuild)."""
-        from factorch.layers._spec import spec_to_dict
-
-        return {
-            "method": self.method,
-            "ranks": list(self.ranks),
-            "options": dict(self.options),
-            "spec": spec_to_dict(self.spec),
-        }
 
 
 def copy_into(param: Tensor, value: Tensor) -> None:

@@ -36,6 +36,7 @@ class CPConv(FactorizedLayer):
     """
 
     method = "cp"
+    exact_at_full_rank = False  # an ALS fit: full CP rank need not reproduce the kernel
 
     @classmethod
     def check(cls, spec, options) -> None:

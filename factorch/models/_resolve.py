@@ -4,12 +4,11 @@
 from __future__ import annotations
 
 import importlib
-import json
 from pathlib import Path
 
 from torch import nn
 
-from factorch.models._io import CheckpointError, load_checkpoint_file, load_state_dict_file
+from factorch.models._io import CheckpointError, load_state_dict_file
 from factorch.models._registry import SPEC_FORMAT as FORMAT
 from factorch.models._registry import architecture_spec, create_model, is_model, unknown_model_error
 
@@ -44,51 +43,7 @@ def build_model(name: str, **kwargs) -> nn.Module:
     return create_model(name, **kwargs)
 
 
-def load_model(spec: str | Path, *, pretrained: bool = False) -> nn.Module:
-    """Load a model from a registry name, ``package.module:factory``, a saved folder or a checkpoint file.
-
-    A saved folder holds ``model.json`` (the architecture) and ``weights.pt``; a checkpoint file is one
-    written by ``factorch train`` (``checkpoint.pt``).
-    """
-    path = Path(spec)
-    if path.is_dir():
-        if (path / "plan.json").is_file():
-            from factorch.io import load
-
-            return load(path)
-        if (path / MODEL_JSON).is_file():
-            try:
-                desc = json.loads((path / MODEL_JSON).read_text())
-            except json.JSONDecodeError as err:
-                raise CheckpointError(f"{path / MODEL_JSON} is not valid JSON: {err}") from err
-            model = build_from_spec(desc, str(path / MODEL_JSON))
-            weights = path / WEIGHTS
-            if not weights.is_file() and (path / "checkpoint.pt").is_file():
-                weights = path / "checkpoint.pt"
-            _load_weights(model, weights)
-            return model.eval()
-        if (path / "checkpoint.pt").is_file():
-            return load_model(path / "checkpoint.pt")
-        raise CheckpointError(f"folder {path} holds neither plan.json, {MODEL_JSON} nor checkpoint.pt")
-    if path.is_file():
-        ckpt = load_checkpoint_file(path)
-        extra = ckpt.get("extra")
-        desc = json.loads(extra) if isinstance(extra, str) else None
-        if not desc or "architecture" not in desc:
-            raise CheckpointError(f"checkpoint {path} does not record its architecture")
-        model = build_from_spec(desc, str(path))
-        _load_weights(model, path)
-        return model.eval()
-    if pretrained and ":" in str(spec):
-        raise ValueError("--pretrained applies to registry models only")
-    if not pretrained:
-        return build_model(str(spec))
-    if not is_model(str(spec)):
-        raise unknown_model_error(str(spec))
-    return create_model(str(spec), pretrained=True)
-
-
-def _load_weights(model: nn.Module, path: Path) -> None:
+def load_weights(model: nn.Module, path: Path) -> None:
     state = load_state_dict_file(path)
     ref = model.state_dict()
     missing, unexpected = set(ref) - set(state), set(state) - set(ref)

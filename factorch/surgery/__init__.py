@@ -2,6 +2,7 @@
 
 from factorch.surgery.modules import add_zero_bias as add_zero_bias
 from factorch.surgery.modules import candidate_layers as candidate_layers
+from factorch.surgery.modules import compressed_layers as compressed_layers
 from factorch.surgery.modules import conv_bn_pairs as conv_bn_pairs
 from factorch.surgery.modules import factorized_layers as factorized_layers
 from factorch.surgery.modules import fold_batchnorms as fold_batchnorms

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from factorch.layers import FactorizedLayer
+from factorch.layers import CompressedLayer, FactorizedLayer
 
 FACTORIZABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding)
 
@@ -48,19 +48,24 @@ def candidate_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     for name, module in model.named_modules():
         if not name or name.startswith(inside):
             continue
-        if isinstance(module, FactorizedLayer):
+        if isinstance(module, CompressedLayer):
             inside = (*inside, name + ".")
         elif type(module) in FACTORIZABLE:
             yield name, module
 
 
-def factorized_layers(model: nn.Module) -> Iterator[tuple[str, FactorizedLayer]]:
-    """Named factorized layers of ``model`` (the outermost ones; their stages are not listed)."""
+def compressed_layers(model: nn.Module) -> Iterator[tuple[str, CompressedLayer]]:
+    """Named compressed layers of ``model`` (the outermost ones; their stages are not listed)."""
     inside: tuple[str, ...] = ()
     for name, module in model.named_modules():
-        if name and not name.startswith(inside) and isinstance(module, FactorizedLayer):
+        if name and not name.startswith(inside) and isinstance(module, CompressedLayer):
             inside = (*inside, name + ".")
             yield name, module
+
+
+def factorized_layers(model: nn.Module) -> Iterator[tuple[str, FactorizedLayer]]:
+    """Named factorized layers of ``model`` (the outermost ones; their stages are not listed)."""
+    return ((n, m) for n, m in compressed_layers(model) if isinstance(m, FactorizedLayer))
 
 
 def trace_layers(model: nn.Module, example_inputs: tuple) -> dict[str, tuple[int, ...]]:
@@ -131,7 +136,7 @@ def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
         pairs = _conv_bn_pairs_fx(model)
     except Exception:  # noqa: BLE001 - models fx cannot trace fall back to Sequential adjacency
         pairs = _conv_bn_pairs_sequential(model)
-    inside = tuple(name + "." for name, _ in factorized_layers(model))
+    inside = tuple(name + "." for name, _ in compressed_layers(model))
     return [(conv, bn) for conv, bn in pairs if not conv.startswith(inside)]
 
 

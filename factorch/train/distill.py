@@ -81,6 +81,47 @@ class DistillationLoss:
         self._handles.clear()
 
 
+class Regularized:
+    """``loss + l1 * sum |W| + group_lasso * sum_filters ||W_f||_2`` over the conv / Linear weights of ``model``.
+
+    The L1 term drives single weights to zero (a prelude to unstructured pruning, Han et al. 2015); the group
+    term (group lasso, Wen et al. 2016 / Alvarez & Salzmann 2016) drives whole output filters / neurons to zero,
+    so that structured pruning can then remove them. The final layer's outputs (the classes) carry no group
+    term. A pruned layer's regularised weight is its masked weight.
+    """
+
+    def __init__(self, base, model: nn.Module, *, l1: float = 0.0, group_lasso: float = 0.0) -> None:
+        from factorch.layers.pruned import PrunedLayer
+
+        self.base, self.l1, self.group_lasso = base, float(l1), float(group_lasso)
+        self.weights: list[tuple[nn.Module, bool]] = []  # (layer, grouped)
+        layers = [
+            m for m in model.modules() if isinstance(m, PrunedLayer) or (type(m) in (nn.Conv1d, nn.Conv2d, nn.Linear))
+        ]
+        inside = {id(m.layer) for m in layers if isinstance(m, PrunedLayer)}
+        layers = [m for m in layers if id(m) not in inside]
+        for i, m in enumerate(layers):
+            self.weights.append((m, i < len(layers) - 1))
+
+    @staticmethod
+    def _weight(m: nn.Module) -> Tensor:
+        return m.layer.weight * m.mask if hasattr(m, "mask") else m.weight
+
+    def penalty(self) -> Tensor:
+        total = None
+        for m, grouped in self.weights:
+            w = self._weight(m)
+            term = self.l1 * w.abs().sum() if self.l1 else 0.0
+            if self.group_lasso and grouped:
+                term = term + self.group_lasso * w.flatten(1).norm(dim=1).sum()
+            total = term if total is None else total + term
+        return total if total is not None else torch.zeros(())
+
+    def __call__(self, out: Tensor, y: Tensor, x: Tensor) -> Tensor:
+        loss = self.base(out, y, x) if self.base is not None else F.cross_entropy(out, y)
+        return loss + self.penalty()
+
+
 def finetune(
     model: nn.Module,
     train_data: DataLoader | Dataset,
@@ -102,6 +143,8 @@ def finetune(
     show_progress: bool = True,
     history: list[dict[str, Any]] | None = None,
     on_epoch_end: Callable[[int, dict], None] | None = None,
+    l1: float = 0.0,
+    group_lasso: float = 0.0,
 ) -> nn.Module:
     """Fine-tune a (compressed) model, with distillation from ``teacher`` when given.
 
@@ -130,6 +173,9 @@ def finetune(
         show_progress: progress bars.
         history: if given, a list that receives one dict of metrics per epoch.
         on_epoch_end: called with ``(epoch, metrics)`` after each epoch's checkpoint is written.
+        l1: weight of an L1 penalty on every conv / Linear weight (sparsifies single weights).
+        group_lasso: weight of a group-lasso penalty (the L2 norm of each output filter / neuron, summed)
+            that drives whole channels to zero for structured pruning (see :class:`Regularized`).
 
     Returns:
         The fine-tuned model (in eval mode).
@@ -151,6 +197,11 @@ def finetune(
         loss = DistillationLoss(
             student, teacher, temperature=temperature, alpha=alpha, hints=hints, hint_weight=hint_weight
         )
+    for name, value in (("l1", l1), ("group_lasso", group_lasso)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ValueError(f"finetune({name}=...) must be a number >= 0, got {value!r}")
+    if l1 or group_lasso:
+        loss = Regularized(loss, student, l1=l1, group_lasso=group_lasso)
     tmp = None
     if out_dir is None:
         if resume:
@@ -170,8 +221,9 @@ def finetune(
             on_epoch_end=on_epoch_end,
         )
     finally:
-        if loss is not None:
-            loss.close()
+        for closing in (loss, getattr(loss, "base", None)):
+            if hasattr(closing, "close"):
+                closing.close()
         if tmp is not None:
             tmp.cleanup()
     if history is not None:

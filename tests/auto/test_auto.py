@@ -137,9 +137,9 @@ def test_solver_prefers_the_layer_that_matters_less():
     search = search_mod.AutoSearch(model, AutoConfig("macs=0.5", **FAST), (X,), calib(), None)
     search.score()
     for lc in search.layers:
-        if lc.name == "5":
+        if lc.name == "5":  # a large damage that falls with the MACs kept (a random net's KLs are at noise level)
             for c in lc.candidates:
-                c.damage *= 1e6
+                c.damage = 1e3 * (1 - c.macs / lc.dense_macs)
     total, fixed = search.reference_total()
     choice, _ = search.solve(0.5, total, fixed)
     assert choice["5"] is None or choice["5"].macs >= max(c.macs for c in search.layers[1].candidates) * 0.5
@@ -478,7 +478,8 @@ def test_minimax_choice_bounds_the_largest_damage_and_choose_measures_every_prop
     # every distinct proposal is measured once, the knapsack first, then the refinement
     distinct = {search_mod._choice_tag(c) for c in (knap, balanced, mini, *only.values(), *uniform.values())}
     assert names[0] == "knapsack" and names[-1] == "refined 1"
-    assert len(names) == len(distinct) + 1 and len(set(names)) == len(names)
+    # the refined choice is new, or one already proposed (then read from the table, not measured again)
+    assert len(distinct) <= len(names) <= len(distinct) + 1 and len(set(names)) == len(names)
     assert set(names) <= {"knapsack", "balanced", "minimax", "refined 1"} | {
         f"{kind} {m}{suffix}" for m in FAST["methods"] for kind, suffix in (("knapsack", " only"), ("uniform", ""))
     }

@@ -1,0 +1,28 @@
+"""The built-in methods, registered once in :mod:`factorch.registry`: each method's config class and its
+compressed layer class per dense layer type. ``import factorch`` runs this module."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from factorch.config import CPConfig, PruneConfig, SpatialSVDConfig, SVDConfig, TTConfig, Tucker2Config
+from factorch.layers.cp import CPConv
+from factorch.layers.pruned import PrunedLayer
+from factorch.layers.spatial import SpatialSVDConv2d
+from factorch.layers.svd import LowRankLinear, SVDConv
+from factorch.layers.tt import TTEmbedding, TTLinear
+from factorch.layers.tucker import Tucker2Conv
+from factorch.registry import list_methods, register_method
+
+CONV = (nn.Conv1d, nn.Conv2d)
+
+if "svd" not in list_methods():  # registered once per process, even if this module is reloaded
+    register_method("svd", config=SVDConfig, layers={(nn.Linear,): LowRankLinear, CONV: SVDConv})
+    register_method("spatial-svd", config=SpatialSVDConfig, layers={CONV: SpatialSVDConv2d})
+    register_method("tucker2", config=Tucker2Config, layers={CONV: Tucker2Conv})
+    register_method("cp", config=CPConfig, layers={CONV: CPConv})
+    # TT layers have no cost-ratio rank problem yet: not offered to AutoConfig
+    register_method(
+        "tt", config=TTConfig, layers={(nn.Linear,): TTLinear, (nn.Embedding,): TTEmbedding}, searchable=False
+    )
+    register_method("prune", config=PruneConfig, layers={(*CONV, nn.Linear): PrunedLayer})

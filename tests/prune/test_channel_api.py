@@ -1,0 +1,80 @@
+"""ChannelPruneConfig through compress, lists of configs, save / load, stages and the CLI."""
+
+import json
+
+import pytest
+import torch
+
+import factorch
+from factorch.cli import main
+from factorch.layers import FactorizedLayer
+
+X = torch.randn(1, 1, 28, 28)
+
+
+def resnet():
+    torch.manual_seed(0)
+    return factorch.models.create_model("resnet20").eval()
+
+
+def test_channel_pruning_meets_the_target_and_loads_back(tmp_path):
+    model = resnet()
+    out, report = factorch.compress(model, factorch.ChannelPruneConfig("macs=0.5"), example_inputs=X)
+    t = report.totals
+    assert 0.48 <= t["macs_ratio"] <= 0.5 and t["params_ratio"] < 0.7
+    assert t["nonzero_params_ratio"] == pytest.approx(t["params_ratio"], rel=0.02)
+    rows = [r for r in report.layers if r.skipped is None]
+    assert rows and all(r.method == "channels" and r.params_after < r.params_before for r in rows)
+    factorch.save(out, tmp_path / "m")
+    plan = json.loads((tmp_path / "m" / "plan.json").read_text())
+    assert len(plan["channels"]) == 1 and plan["channels"][0]["shortcuts"]  # the option-A shortcuts as maps
+    back = factorch.load(tmp_path / "m")
+    torch.testing.assert_close(back(X), out(X), rtol=0, atol=0)
+    assert sum(p.numel() for p in model.parameters()) > sum(p.numel() for p in out.parameters())
+
+
+def small_resnet():
+    from factorch.models.resnet import CifarResNet
+
+    torch.manual_seed(0)
+    return CifarResNet(8, widths=(8, 16, 32)).eval()  # option-A shortcuts, 7 convs
+
+
+def test_channel_pruning_then_autoconfig_in_one_call(tmp_path):
+    calib = torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    auto = factorch.AutoConfig("macs=0.3", methods=["svd"], levels=(0.2, 0.5), measure=False,
+                               refine=0, polish=0, progress=False, cache=False)  # fmt: skip
+    out, report = factorch.compress(
+        small_resnet(), [factorch.ChannelPruneConfig("macs=0.6"), auto], example_inputs=X, calib_data=calib
+    )
+    assert report.totals["macs_ratio"] <= 0.3 + 1e-9
+    assert 0.55 <= report.stages[0]["macs_ratio"] <= 0.6
+    assert any(isinstance(m, FactorizedLayer) for m in out.modules())
+    factorch.save(out, tmp_path / "m")
+    torch.testing.assert_close(factorch.load(tmp_path / "m", base_model=small_resnet())(X), out(X))
+
+
+def test_channel_config_validates():
+    for bad in (dict(target="latency=0.5"), dict(target="macs"), dict(criterion="random"), dict(round_to=0)):
+        with pytest.raises(ValueError, match="ChannelPruneConfig"):
+            factorch.ChannelPruneConfig(**bad)
+    with pytest.raises(ValueError, match="needs calib_data"):
+        factorch.compress(resnet(), factorch.ChannelPruneConfig(criterion="activation"), example_inputs=X)
+
+
+def test_fold_bn_after_channel_pruning_is_exact_and_replayed(tmp_path):
+    out, _ = factorch.compress(resnet(), factorch.ChannelPruneConfig("macs=0.7"), example_inputs=X)
+    folded, _ = factorch.compress(resnet(), factorch.ChannelPruneConfig("macs=0.7"), example_inputs=X, fold_bn=True)
+    torch.testing.assert_close(folded(X), out(X), rtol=1e-4, atol=1e-5)
+    factorch.save(folded, tmp_path / "f")
+    torch.testing.assert_close(factorch.load(tmp_path / "f")(X), folded(X), rtol=0, atol=0)
+
+
+def test_cli_prune_structured_and_unstructured(tmp_path):
+    assert main(["prune", "resnet20", "--target", "macs=0.5", "--no-eval", "--out", str(tmp_path / "s")]) == 0
+    report = json.loads((tmp_path / "s" / "report.json").read_text())
+    assert report["totals"]["macs_ratio"] <= 0.5
+    assert main(["prune", "lenet5", "--sparsity", "0.8", "--no-eval", "--out", str(tmp_path / "u")]) == 0
+    report = json.loads((tmp_path / "u" / "report.json").read_text())
+    assert report["totals"]["nonzero_params_ratio"] < 0.3
+    assert main(["prune", "lenet5", "--sparsity", "0.8", "--structured", "--no-eval", "--out", str(tmp_path)]) == 2
