@@ -24,8 +24,8 @@ Run from the repository root::
 
     .venv/bin/python benchmarks/pruning.py [--models vgg,resnet20] [--rows unstructured,structured,combined]
 
-Writes ``benchmarks/results/pruning.{json,md}`` after every row, stamped with the commit; a row already in
-the JSON for the same commit and settings is kept (delete it, or ``--force``, to run it again).
+Writes ``benchmarks/results/pruning.{json,md}`` (or ``--results NAME``) after every row, stamped with the
+commit; a row already in the JSON for the same commit is kept (delete it, or ``--force``, to run it again).
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ from factorch.train import evaluate
 RESULTS = Path(__file__).resolve().parent / "results"
 RUNS = Path("runs") / "bench-pruning"
 X = torch.zeros(1, 1, 28, 28)
+NAME = "pruning"
 SPARSITY = {"vgg": 0.9, "resnet20": 0.7, "lenet5": 0.9}
 
 
@@ -126,8 +127,13 @@ def torch_unstructured(dense, train, sparsity, steps, epochs, key):
 
 # -- structured --------------------------------------------------------------------------------------------
 def factorch_structured(dense, target, calib):
-    model, report = factorch.compress(dense, factorch.ChannelPruneConfig(target), example_inputs=X)
-    return model, {"unprunable": len(report.totals.get("unprunable", {}))}
+    """Filters ranked by L1 norm, globally; then each layer that lost inputs refitted to the dense responses on
+    1024 training images (``calibrate=``, least squares, no labels)."""
+    model, report = factorch.compress(
+        dense, factorch.ChannelPruneConfig(target), example_inputs=X, calib_data=calib,
+        calibrate=factorch.CalibrationConfig(n_samples=1024, progress=False),
+    )  # fmt: skip
+    return model, {"reconstruction_s": report.totals["reconstruction"]["seconds"]}
 
 
 def tp_structured(dense, target):
@@ -169,9 +175,14 @@ def combined(dense, kind, calib):
     if kind == "factorization":
         return factorch.compress(dense, auto("macs=0.2"), example_inputs=X, calib_data=calib)[0], {}
     if kind == "channels":
-        return factorch.compress(dense, factorch.ChannelPruneConfig("macs=0.2"), example_inputs=X)[0], {}
-    configs = [factorch.ChannelPruneConfig("macs=0.5"), auto("macs=0.2")]
-    return factorch.compress(dense, configs, example_inputs=X, calib_data=calib)[0], {}
+        return factorch_structured(dense, "macs=0.2", calib)
+    pruned, _ = factorch_structured(dense, "macs=0.5", calib)
+    return factorch.compress(pruned, auto(f"macs={0.2 / profile_ratio(pruned, dense):.6g}"), example_inputs=X,
+                             calib_data=calib)[0], {}  # fmt: skip
+
+
+def profile_ratio(model: nn.Module, dense: nn.Module) -> float:
+    return profile(model, X).total_macs / profile(dense, X).total_macs
 
 
 def main() -> None:
@@ -185,11 +196,14 @@ def main() -> None:
     parser.add_argument("--epochs-combined", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--force", action="store_true")
+    parser.add_argument("--results", default="pruning", help="name of the results files (runs can run side by side)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     train, test = fashion_mnist("train"), fashion_mnist("test")
     calib = DataLoader(calibration_subset(fashion_mnist("train", augment=False), 1024), batch_size=128)
-    path = RESULTS / "pruning.json"
+    global NAME
+    NAME = args.results
+    path = RESULTS / f"{NAME}.json"
     out = json.loads(path.read_text()) if path.is_file() else {"models": {}}
     out["setup"] = {
         "commit": commit(),
@@ -259,7 +273,7 @@ def main() -> None:
 
 def write(out: dict) -> None:
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "pruning.json").write_text(json.dumps(out, indent=2) + "\n")
+    (RESULTS / f"{NAME}.json").write_text(json.dumps(out, indent=2) + "\n")
     s = out["setup"]
     lines = [
         "# pruning: factorch vs Torch-Pruning vs torch.nn.utils.prune",
@@ -291,7 +305,7 @@ def write(out: dict) -> None:
                 f"| {r.get('epochs', '-')} | {r['time_s']:.0f} |"
             )
         lines.append("")
-    (RESULTS / "pruning.md").write_text("\n".join(lines))
+    (RESULTS / f"{NAME}.md").write_text("\n".join(lines))
 
 
 if __name__ == "__main__":

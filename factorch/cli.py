@@ -216,6 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-epochs", type=int, default=None, metavar="E", help="distillation epochs per step")
     p.add_argument("--finetune-lr", type=float, default=0.01)
     p.add_argument("--calib", type=int, default=1024, help="structured, criterion activation: training images used")
+    p.add_argument(
+        "--calibrate",
+        type=int,
+        default=1024,
+        metavar="N",
+        help="structured: refit each layer that lost input channels to the dense responses on N training images "
+        "(least squares, no labels; 0: off)",
+    )
     p.add_argument("--input-shape", type=_parse_shape, default=(1, 1, 28, 28))
     p.add_argument("--out", required=True, help="folder for the pruned model, report.md and report.json")
     p.add_argument("--no-eval", action="store_true", help="skip the test-accuracy evaluation")
@@ -496,12 +504,15 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if epochs < 0:
         raise ValueError(f"--finetune-epochs must be >= 0, got {epochs}")
     t0 = time.perf_counter()
-    calib = None
-    if isinstance(config, factorch.ChannelPruneConfig) and config.criterion == "activation":
-        calib = _calibration(args, args.calib)
+    calib, calibrate = None, None
+    structured = isinstance(config, factorch.ChannelPruneConfig)
+    if structured and (config.criterion == "activation" or args.calibrate):
+        calib = _calibration(args, max(args.calib, args.calibrate))
+    if structured and args.calibrate:
+        calibrate = factorch.CalibrationConfig(n_samples=args.calibrate)
     test = None if args.no_eval else fashion_mnist("test", args.data_root)
     if args.steps == 1 and epochs == 0:
-        pruned, report = factorch.compress(model, config, example_inputs=x, calib_data=calib)
+        pruned, report = factorch.compress(model, config, example_inputs=x, calib_data=calib, calibrate=calibrate)
     else:
         eval_fn = None if test is None else (lambda m: evaluate(m, test, show_progress=False)["accuracy"])
         pruned, report = factorch.compress_in_stages(

@@ -60,7 +60,9 @@ class CalibrationReport:
         return {"n_samples": self.n_samples, "seconds": self.seconds, "layers": [r.to_dict() for r in self.layers]}
 
 
-def _capture(model: nn.Module, module: nn.Module, batch: Tensor, what: str) -> Tensor:
+def capture(model: nn.Module, module: nn.Module, batch: Tensor, what: str) -> Tensor:
+    """The input (``what="input"``) or output of ``module`` when ``model`` runs on ``batch`` (the pass stops
+    there)."""
     store: dict[str, Tensor] = {}
 
     def hook(_m, args, out):
@@ -178,7 +180,16 @@ def _fit_last_stage(
     last = stages[-1]
     if not isinstance(last, (nn.Linear, nn.Conv1d, nn.Conv2d)) or len(stages) < 2:
         return f"{type(layer).__name__} has no linear last stage to refit"
-    pre = nn.Sequential(*stages[:-1])
+    return fit_linear_(last, xs, ys, ridge, pre=nn.Sequential(*stages[:-1]))
+
+
+def fit_linear_(
+    last: nn.Module, xs: list[Tensor], ys: list[Tensor], ridge: float, pre: nn.Module | None = None
+) -> tuple[float, float]:
+    """Refit ``last`` (a Conv1d / Conv2d / Linear, in place) by ridge least squares so that
+    ``last(pre(x))`` reproduces ``y`` over the pairs ``xs``, ``ys``; the new weights are kept only when they
+    lower the error. Returns the relative errors ``(before, after)``."""
+    pre = pre if pre is not None else nn.Identity()
     groups = getattr(last, "groups", 1)
     bias = last.bias is not None
     w_old = _weight_matrices(last)
@@ -301,8 +312,8 @@ def calibrate_(
                     row.skipped = "no layer of that name in the dense model"
                     advance()
                     continue
-                xs = [_capture(model, layer, b, "input") for b in batches]
-                ys = [_capture(dense, dense_modules[name], b, "output") for b in batches]
+                xs = [capture(model, layer, b, "input") for b in batches]
+                ys = [capture(dense, dense_modules[name], b, "output") for b in batches]
                 fitted = _fit_last_stage(layer, xs, ys, cfg.ridge)
                 if isinstance(fitted, str):
                     row.skipped = fitted
@@ -341,3 +352,6 @@ def _subsample(xs: list[Tensor], ys: list[Tensor], keep: int) -> tuple[list[Tens
         out_y.append(y[: keep - n])
         n += out_x[-1].shape[0]
     return out_x, out_y
+
+
+_capture = capture  # the name earlier releases used

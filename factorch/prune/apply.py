@@ -3,15 +3,19 @@ options (BatchNorm folding, calibration) and a record that ``factorch.save`` / `
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from factorch.apply import PLAN_ATTR, dense_layer_cost, model_storage, storage_totals
 from factorch.calibrate.config import CalibrationConfig
+from factorch.calibrate.reconstruct import capture, execution_order, fit_linear_
 from factorch.data.calib import calibration_inputs
 from factorch.layers import CompressedLayer
 from factorch.layers.base import layer_geometry
+from factorch.progress import progress_bar
 from factorch.prune.channels import prune_channels
 from factorch.prune.config import ChannelPruneConfig
 from factorch.report import CompressionReport, LayerReport
@@ -42,13 +46,11 @@ def channel_prune(
     inputs = tuple(t[:1] for t in example_inputs)
     if config.criterion == "activation" and calib_data is None:
         raise ValueError("ChannelPruneConfig(criterion='activation') needs calib_data (inputs to measure channels on)")
-    if calibrate is not None:
-        raise ValueError(
-            "calibrate=... refits factorized layers, and structured pruning makes none: calibrate the step that "
-            "factorizes (e.g. an AutoConfig after the ChannelPruneConfig)"
-        )
+    if calibrate is not None and calib_data is None:
+        raise ValueError("calibrate=... needs calib_data (inputs on which the pruned layers are refitted)")
     calib = calibration_inputs(calib_data, 1024) if calib_data is not None else None
     before_store = model_storage(model)
+    dense = copy.deepcopy(model) if inplace and calibrate is not None else model
     ignored = tuple(config.ignored) + tuple(n for n, _ in compressed_layers(model))
     pruned, result = prune_channels(
         model,
@@ -61,6 +63,11 @@ def channel_prune(
         round_to=config.round_to,
         inplace=inplace,
     )
+    reconstruction = None
+    if calibrate is not None:
+        reconstruction = reconstruct_inputs_(
+            pruned, dense, result.record, calibration_inputs(calib_data, calibrate.n_samples), calibrate
+        )
     earlier = getattr(model, PLAN_ATTR, None) or {}
     extra = {"folded_bn": list(earlier.get("folded_bn", [])), "channels": [*earlier.get("channels", []), result.record]}
     folded = fold_batchnorms(pruned, conv_bn_pairs(pruned)) if fold_bn else []
@@ -68,7 +75,56 @@ def channel_prune(
     setattr(pruned, PLAN_ATTR, extra)
     report = _report(model, pruned, config, result, inputs, before_store)
     report.totals["folded_bn"] = [list(p) for p in folded]
+    if reconstruction is not None:
+        report.totals["reconstruction"] = reconstruction
+        for row in report.layers:
+            if row.name in reconstruction["layers"]:
+                row.output_error = reconstruction["layers"][row.name]["after"]
     return pruned, report
+
+
+def reconstruct_inputs_(
+    pruned: nn.Module, dense: nn.Module, record: dict, inputs: Tensor, settings: CalibrationConfig
+) -> dict[str, Any]:
+    """Refit, in execution order, every conv / Linear of ``pruned`` that lost input channels so that it
+    reproduces the dense layer's responses (on its kept outputs) from the pruned network's inputs: ridge least
+    squares on calibration inputs, no labels (He et al. 2017; Luo et al. 2017). Depthwise and grouped layers,
+    whose kept weights see exactly their own channels, are left as they are.
+
+    References:
+        He et al. 2017, "Channel pruning for accelerating very deep neural networks"; Luo et al. 2017 (ThiNet).
+    """
+    import time
+
+    t0 = time.perf_counter()
+    layers = record.get("layers", {})
+    modules, dense_modules = dict(pruned.named_modules()), dict(dense.named_modules())
+    flags = {m: m.training for m in (pruned, dense)}
+    pruned.eval()
+    dense.eval()
+    batches = list(inputs.split(settings.batch_size))
+    order = [n for n in execution_order(pruned, inputs[:1]) if "in" in layers.get(n, {})]
+    done: dict[str, dict[str, float]] = {}
+    try:
+        with progress_bar("refitting pruned layers", len(order), enabled=settings.progress) as advance:
+            for name in order:
+                layer = modules[name]
+                if type(layer) not in (nn.Conv1d, nn.Conv2d, nn.Linear) or getattr(layer, "groups", 1) != 1:
+                    advance()
+                    continue
+                keep_out = layers[name].get("out")
+                xs = [capture(pruned, layer, b, "input") for b in batches]
+                ys = [capture(dense, dense_modules[name], b, "output") for b in batches]
+                if keep_out is not None:
+                    index = torch.as_tensor(keep_out, dtype=torch.long)
+                    ys = [y.index_select(-1 if isinstance(layer, nn.Linear) else 1, index) for y in ys]
+                before, after = fit_linear_(layer, xs, ys, settings.ridge)
+                done[name] = {"before": before, "after": after}
+                advance()
+    finally:
+        for m, flag in flags.items():
+            m.train(flag)
+    return {"n_samples": int(inputs.shape[0]), "seconds": round(time.perf_counter() - t0, 2), "layers": done}
 
 
 def _report(

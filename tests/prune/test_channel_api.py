@@ -78,3 +78,23 @@ def test_cli_prune_structured_and_unstructured(tmp_path):
     report = json.loads((tmp_path / "u" / "report.json").read_text())
     assert report["totals"]["nonzero_params_ratio"] < 0.3
     assert main(["prune", "lenet5", "--sparsity", "0.8", "--structured", "--no-eval", "--out", str(tmp_path)]) == 2
+
+
+def test_calibrate_refits_the_layers_that_lost_inputs():
+    """Least-squares reconstruction (He et al. 2017): each refitted layer's responses are closer to the dense
+    layer's than before, and the network's outputs closer to the dense network's."""
+    torch.manual_seed(3)
+    model = small_resnet()
+    calib = torch.randn(64, 1, 28, 28)
+    plain, _ = factorch.compress(model, factorch.ChannelPruneConfig("macs=0.5"), example_inputs=X)
+    fitted, report = factorch.compress(
+        model, factorch.ChannelPruneConfig("macs=0.5"), example_inputs=X, calib_data=calib,
+        calibrate=factorch.CalibrationConfig(n_samples=64, progress=False),
+    )  # fmt: skip
+    layers = report.totals["reconstruction"]["layers"]
+    assert layers and all(e["after"] < e["before"] for e in layers.values())
+    err = lambda m: float((m(calib) - model(calib)).norm() / model(calib).norm())  # noqa: E731
+    assert err(fitted) < 0.8 * err(plain)
+    assert torch.equal(fitted.conv1.weight, plain.conv1.weight)  # the first conv lost no inputs: not refitted
+    with pytest.raises(ValueError, match="needs calib_data"):
+        factorch.compress(model, factorch.ChannelPruneConfig(), example_inputs=X, calibrate=64)
