@@ -82,7 +82,7 @@ def compress(
             fold_bn=fold_bn, calibrate=calibrate,
         )  # fmt: skip
     if isinstance(config, AutoConfig):
-        from factorch.auto.search import auto_compress
+        from factorch.auto.closed_loop import auto_compress
 
         if fold_bn is not None and fold_bn != config.fold_bn:
             config = copy.copy(config)

@@ -6,8 +6,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from rich.console import Console
-from rich.measure import Measurement
 from rich.table import Table
+
+from factorch.tables import natural_width
 
 
 @dataclass
@@ -254,7 +255,7 @@ class CompressionReport:
         wraps them) rather than a rich table that would have to cut cells."""
         console = console or Console()
         table = self.to_rich()
-        if Measurement.get(console, console.options, table).minimum > console.width:
+        if natural_width(table) > console.width:
             console.print(self.to_markdown(), markup=False, highlight=False, soft_wrap=True)
             return
         console.print(table)

@@ -32,6 +32,7 @@ from factorch.layers.base import layer_geometry
 from factorch.progress import progress_bar
 from factorch.prune.config import ChannelPruneConfig
 from factorch.rank import FractionRank, MACRatioRank, ParamRatioRank, RankLike, RankProblem, as_selector
+from factorch.rank.bisect import largest_feasible
 from factorch.report import CompressionReport
 from factorch.surgery import candidate_layers, compressed_layers, replace_module, trace_layers
 
@@ -614,16 +615,14 @@ def _bisect_stage(
     """The largest uniform per-layer cost ratio whose model keeps at most ``fraction`` of the original's
     ``kind`` (bisection; factorized layers are recompressed, never grown)."""
     selector = ParamRatioRank if kind == "params" else MACRatioRank
-    lo, hi, best = 0.0, 1.0, None
-    for _ in range(BISECTION_STEPS):
-        mid = 0.5 * (lo + hi)
-        built = _uniform_stage(
-            current, plan, lambda cfg, r=mid: selector(r), inputs=inputs, edges=edges, calib_data=calib
-        )
-        if built[1].totals[f"{kind}_after"] <= fraction * original[kind]:  # whole model (example inputs given)
-            lo, best = mid, built
-        else:
-            hi = mid
+
+    def build(ratio: float) -> tuple[nn.Module, CompressionReport, bool]:
+        return _uniform_stage(current, plan, lambda cfg: selector(ratio), inputs=inputs, edges=edges, calib_data=calib)
+
+    found = largest_feasible(  # whole model (example inputs given)
+        build, lambda b: b[1].totals[f"{kind}_after"] <= fraction * original[kind], steps=BISECTION_STEPS
+    )
+    best = found[1] if found else None
     if best is None:
         raise ValueError(
             f"no uniform per-layer ratio reaches {kind}={fraction:.4g} of the original model (the layers left "

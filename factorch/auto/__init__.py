@@ -1,9 +1,9 @@
 """Whole-network budgets: choose a method and ranks per layer to meet a MACs, parameter or latency target."""
 
+from factorch.auto.closed_loop import auto_compress as auto_compress
 from factorch.auto.config import AutoConfig as AutoConfig
 from factorch.auto.config import Target as Target
 from factorch.auto.search import AutoSearch as AutoSearch
-from factorch.auto.search import auto_compress as auto_compress
 from factorch.auto.sensitivity import calibration_inputs as calibration_inputs
 from factorch.auto.uniform import uniform_compress as uniform_compress
 

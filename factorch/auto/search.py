@@ -1,14 +1,13 @@
-"""The whole-network search behind ``AutoConfig``: candidates, damage scores, knapsack, build, measure."""
+"""The analysis behind ``AutoConfig``: candidates per layer (:mod:`.candidates`), their damage scores
+(cached tables, :mod:`.sensitivity`), latency, and the proposals of the budget solvers (:mod:`.solvers`),
+polished by a local search (:mod:`.local_search`). :mod:`.closed_loop` builds and measures the choice."""
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
 import platform
-from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +15,27 @@ import torch
 from torch import Tensor, nn
 
 from factorch.apply import dense_layer_cost, model_storage
-from factorch.auto.config import AutoConfig, Target
+from factorch.auto import candidates
+from factorch.auto.candidates import (
+    Candidate,
+    LayerChoices,
+    _cheaper,
+    _cost,
+    _dense_cost,
+    _random_like,
+    _remember,
+    _round_ranks,
+)
+from factorch.auto.config import AutoConfig
+from factorch.auto.local_search import polish
 from factorch.auto.sensitivity import (
     SENSITIVITY_VERSION,
     TableCache,
-    calibration_inputs,
     damage_function,
     default_cache_dir,
     fingerprint,
 )
+from factorch.auto.solvers import FILL, _choice_tag, _ctx_key, _spend_leftover
 from factorch.auto.timing import time_pair
 from factorch.config import Plan, config_for_method
 from factorch.cost import Cost
@@ -33,103 +44,24 @@ from factorch.layers._spec import spec_of
 from factorch.layers.base import layer_geometry
 from factorch.progress import progress_bar
 from factorch.rank import MACRatioRank, ParamRatioRank
+from factorch.rank.bisect import largest_feasible
 from factorch.rank.knapsack import solve_mckp
-from factorch.registry import NotCompressible
-from factorch.report import CompressionReport
-from factorch.surgery import candidate_layers, conv_bn_pairs, fold_batchnorms, get_module, trace_layers
-
-# CP fits for the search: scoring many candidate ranks needs a cheaper fit than CPConfig's default (200 ALS
-# sweeps, then the stabilising correction), and the chosen layers are built with exactly the fit that was
-# scored, so the model built is the model measured (see AutoConfig(stable_cp=...)).
-CP_SWEEPS = 25
+from factorch.registry import NotCompressible, get_method
+from factorch.surgery import candidate_layers, conv_bn_pairs, fold_batchnorms, trace_layers
 
 
 def fit_options(cfg: AutoConfig) -> dict[str, dict[str, Any]]:
-    """Per method, the decomposition options that candidates are both scored and built with."""
-    return {"cp": {"n_iter_max": CP_SWEEPS, "stabilize": bool(cfg.stable_cp)}}
+    """Per method, the decomposition options that candidates are both scored and built with: each layer class
+    says its own (``search_options``; e.g. CP's cheaper ALS fit), so the model built is the model measured."""
+    out: dict[str, dict[str, Any]] = {}
+    for method in cfg.methods:
+        for cls in get_method(method).layers.values():
+            out.setdefault(method, {}).update(cls.search_options(cfg))
+    return {m: o for m, o in out.items() if o}
 
 
-UNDERSHOOT = 0.9  # a measured result below this share of the target is built again with more budget
 TIMING_VERSION = 2  # bumped when the way candidates are timed changes (2: ONNX Runtime without spinning)
 _INTERPOLATED_MAX = 7  # ranks added between two scored neighbours
-FILL = 0.98  # a proposal other than the knapsack optimum must use at least this share of the budget
-_BUILT_BYTES = 1 << 30  # probe layers kept across analyses in one process (a sweep, plain then calibrated)
-_built_cache: OrderedDict[str, nn.Module] = OrderedDict()
-
-
-def _module_bytes(module: nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
-
-
-def _remember(key: str, module: nn.Module) -> None:
-    """Keep ``module`` under ``key``, least recently used ones dropped beyond ``_BUILT_BYTES``."""
-    _built_cache[key] = module
-    _built_cache.move_to_end(key)
-    total = sum(_module_bytes(m) for m in _built_cache.values())
-    while total > _BUILT_BYTES and len(_built_cache) > 1:
-        _, dropped = _built_cache.popitem(last=False)
-        total -= _module_bytes(dropped)
-
-
-@dataclass
-class Candidate:
-    method: str
-    ranks: tuple[int, ...]
-    params: int
-    macs: int
-    damage: float = math.nan  # the score used by the solver (non-increasing in rank per method)
-    raw_damage: float = math.nan  # the score as measured
-    measured: bool = True  # False: damage interpolated between two scored neighbours
-    latency_s: float | None = None
-    size: int = 0  # bytes stored compactly (Cost.size_bytes)
-
-    @property
-    def key(self) -> str:
-        return f"{self.method}|{'x'.join(map(str, self.ranks))}"
-
-
-@dataclass
-class LayerChoices:
-    name: str
-    layer: nn.Module
-    input_shape: tuple[int, ...]
-    input_size: tuple[int, ...] | None
-    per_position: int
-    dense_params: int
-    dense_macs: int
-    dense_size: int = 0
-    candidates: list[Candidate] = field(default_factory=list)
-    reasons: list[str] = field(default_factory=list)
-    dense_latency_s: float | None = None
-
-
-def _round_ranks(ranks: tuple[int, ...], max_ranks: tuple[int, ...], step: int) -> tuple[int, ...]:
-    if step == 1:
-        return ranks
-    return tuple(
-        m if m <= step else max(step, min((r // step) * step, (m // step) * step)) for r, m in zip(ranks, max_ranks)
-    )
-
-
-def _cost(kind: str, c: Candidate) -> float:
-    """A candidate's cost in a budget's units (``params`` counts non-zero parameters)."""
-    return float({"latency": c.latency_s, "params": c.params, "size": c.size}.get(kind, c.macs))
-
-
-def _dense_cost(kind: str, lc: LayerChoices) -> float:
-    return float(
-        {"latency": lc.dense_latency_s, "params": lc.dense_params, "size": lc.dense_size}.get(kind, lc.dense_macs)
-    )
-
-
-def _cheaper(kind: str, cost: Cost, lc: LayerChoices) -> bool:
-    """A candidate worth offering: cheaper than the dense layer in the budget's units, dearer in none.
-
-    Under a latency budget, MACs stand in until the candidates are timed.
-    """
-    unit = "macs" if kind == "latency" else kind
-    dense = {"macs": lc.dense_macs, "params": lc.dense_params, "size": lc.dense_size}
-    return cost.of(unit) < dense[unit] and cost.macs <= lc.dense_macs and cost.nonzero_params <= lc.dense_params
 
 
 class AutoSearch:
@@ -247,9 +179,10 @@ class AutoSearch:
             self._fingerprints[lc.name] = fingerprint(lc.layer, None, {"layer": repr(lc.layer), "devices": devices})
         _, opts = self._problems[(lc.name, c.method)]
         key = f"{self._fingerprints[lc.name]}|{c.key}|{lc.input_size}|{sorted(opts.items())}"
-        if key in _built_cache:
-            _built_cache.move_to_end(key)
-            return _built_cache[key]
+        cache = candidates._built_cache
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
         cls = layer_class(c.method, lc.layer)
         built = cls.from_dense(lc.layer, c.ranks, input_size=lc.input_size, **opts).eval()
         _remember(key, built)
@@ -393,7 +326,7 @@ class AutoSearch:
                 break
             best = measured[-1]
         if self.cfg.polish:
-            polished = self._polish(best[2], fraction, total, fixed)
+            polished = polish(self, best[2], fraction, total, fixed)
             if polished is not None:
                 best = (*polished, best[3])
                 measured.append(best)
@@ -404,87 +337,8 @@ class AutoSearch:
     def _polish(
         self, start: dict[str, Candidate | None], fraction: float, total: float, fixed: float
     ) -> tuple[float, str, dict[str, Candidate | None]] | None:
-        """Local search on the measured whole-network damage, from ``start``, at most ``cfg.polish`` choices
-        tried: a move takes one layer one step dearer on its ladder of options (dense, then its
-        candidates from the costliest down) and, unless the budget allows it as is, another layer as few steps
-        cheaper as bring the choice within the budget; the first move that lowers the measured damage is kept,
-        until none does. Moves are tried in the order of their predicted change (the candidates' current
-        damages, in-context after refinement). Only choices within ``[FILL, 1] * budget`` (or dearer than the
-        current one) are considered. Returns ``(damage, "polished (n moves)", choice)``, or ``None`` if no
-        move helped.
-
-        Summed per-layer damages, even re-scored in context, miss how the errors of many strongly compressed
-        layers compound; measuring whole choices does not (see benchmarks/README.md, auto_budget).
-        """
-        limit, low = fraction * total, FILL * fraction * total
-        ladders: dict[str, list[Candidate | None]] = {}
-        for lc in self.layers:
-            # measured candidates, and interpolated ranks of the methods whose layers are cheap to build
-            options = [c for c in lc.candidates if c.measured or c.method != "cp"]
-            if (c := start[lc.name]) is not None and all(o.key != c.key for o in options):
-                options.append(c)
-            ladders[lc.name] = [None, *sorted(options, key=lambda c: -_cost(self.kind, c))]
-
-        def position(choice: dict[str, Candidate | None], name: str) -> int:
-            c = choice[name]
-            return 0 if c is None else next(i for i, o in enumerate(ladders[name]) if o is not None and o.key == c.key)
-
-        def damage_of(c: Candidate | None) -> float:
-            return 0.0 if c is None else c.damage
-
-        current, value = dict(start), self._joint(start)
-        # every choice tried counts against the cap, measured now or read from the table, so a repeat run (all
-        # read) retraces the first run's path and stops where it stopped; a choice already tried is not retried
-        tried, evals, fresh, moves_kept = {_choice_tag(start)}, 0, 0, 0
-        names = [lc.name for lc in self.layers]
-        with progress_bar("polishing", self.cfg.polish, enabled=self.cfg.progress) as advance:
-            while evals < self.cfg.polish:
-                moves, spent = [], self._total_cost(current, fixed)
-                for b in names:  # b one step dearer
-                    ib = position(current, b)
-                    if ib == 0:
-                        continue
-                    dearer = ladders[b][ib - 1]
-                    gain = damage_of(dearer) - damage_of(current[b])
-                    for a in [None, *names]:  # a cheaper, by as few steps as fit the budget (None: as is)
-                        cand = dict(current)
-                        cand[b] = dearer
-                        cost = self._total_cost(cand, fixed)
-                        if a is not None:
-                            if a == b:
-                                continue
-                            ia = position(current, a)
-                            for step in range(ia + 1, len(ladders[a])):
-                                cand[a] = ladders[a][step]
-                                cost = self._total_cost(cand, fixed)
-                                if cost <= limit:
-                                    break
-                            if cand[a] is current[a]:  # a is at its cheapest already
-                                continue
-                        if cost <= limit and (cost >= low or cost >= spent) and _choice_tag(cand) not in tried:
-                            delta = gain + (0.0 if a is None else damage_of(cand[a]) - damage_of(current[a]))
-                            moves.append((delta, len(moves), cand))
-                moves.sort(key=lambda m: m[:2])
-                improved = False
-                for _, _, cand in moves:
-                    if evals >= self.cfg.polish:
-                        break
-                    tag = _choice_tag(cand)
-                    if tag in tried:  # reached by two moves of this round
-                        continue
-                    tried.add(tag)
-                    fresh += self._table.get(f"joint|{tag}") is None
-                    measured = self._joint(cand)
-                    evals += 1
-                    advance()
-                    if measured < value:
-                        current, value, improved = cand, measured, True
-                        moves_kept += 1
-                        break
-                if not improved:
-                    break
-        self.stats["polished"] = {"tried": evals, "measurements": fresh, "moves": moves_kept}
-        return (value, f"polished ({moves_kept} moves)", current) if moves_kept else None
+        """:func:`factorch.auto.local_search.polish` of this analysis."""
+        return polish(self, start, fraction, total, fixed)
 
     def _interpolate(self) -> None:
         """Add ranks between scored neighbours (damage interpolated in cost) so budgets can be met closely.
@@ -697,14 +551,8 @@ class AutoSearch:
 
         if not any(cands for _, cands in per_layer) or self._total_cost(choice_at(0.0), fixed) > fraction * total:
             return None
-        lo, hi = 0.0, 1.0
-        for _ in range(30):
-            mid = 0.5 * (lo + hi)
-            if self._total_cost(choice_at(mid), fixed) <= fraction * total:
-                lo = mid
-            else:
-                hi = mid
-        choice = choice_at(lo)
+        found = largest_feasible(choice_at, lambda c: self._total_cost(c, fixed) <= fraction * total, steps=30)
+        choice = found[1] if found else choice_at(0.0)
         return choice, sum(c.damage for c in choice.values() if c is not None)
 
     def plan(self, choice: dict[str, Candidate | None]) -> Plan:
@@ -716,280 +564,3 @@ class AutoSearch:
                 options = self.fit_options.get(c.method, {})
                 layers[name] = config_for_method(c.method, fold_bn=self.cfg.fold_bn, **options).with_option(rank)
         return Plan(layers)
-
-
-def _spend_leftover(picks: list[int], costs: list[list[float]], damages: list[list[float]], budget: float) -> list[int]:
-    """Spend what a choice leaves of the budget: move a layer to a costlier option that does no more damage,
-    the one whose damage falls most first (then the costliest), until nothing fits."""
-    picks = list(picks)
-    spent = sum(costs[g][o] for g, o in enumerate(picks))
-    while True:
-        best = None
-        for g, o in enumerate(picks):
-            for k, (cost, dmg) in enumerate(zip(costs[g], damages[g])):
-                if cost <= costs[g][o] or dmg > damages[g][o] or spent - costs[g][o] + cost > budget:
-                    continue
-                score = (damages[g][o] - dmg, cost - costs[g][o])
-                if best is None or score > best[0]:
-                    best = (score, g, k)
-        if best is None:
-            return picks
-        _, g, k = best
-        spent += costs[g][k] - costs[g][picks[g]]
-        picks[g] = k
-
-
-def _choice_tag(choice: dict[str, Candidate | None]) -> str:
-    text = ";".join(f"{name}={c.key if c else '-'}" for name, c in sorted(choice.items()))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _ctx_key(tag: str, lc: LayerChoices, c: Candidate | None) -> str:
-    return f"ctx|{tag}|{lc.name}|{c.key if c is not None else 'dense'}"
-
-
-def _random_like(module: nn.Module) -> nn.Module:
-    """``module`` with finite random weights (timing must not see uninitialised memory or denormals)."""
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.05)
-    return module.eval()
-
-
-# -- the compress entry point ------------------------------------------------------------------------------
-def _measure(
-    report: CompressionReport,
-    reference: nn.Module,
-    built: nn.Module,
-    inputs: tuple[Tensor, ...],
-    search: AutoSearch,
-    repeats: int,
-) -> None:
-    cfg = search.cfg
-    sizes = tuple(dict.fromkeys((1, cfg.batch_size)))
-    shapes = {lc.name: lc for lc in search.layers}
-    for row in report.layers:
-        if row.skipped is not None or row.name not in shapes:
-            continue
-        lc = shapes[row.name]
-        new = get_module(built, row.name)
-        x = torch.randn((1, *lc.input_shape[1:]), dtype=spec_of(lc.layer).torch_dtype)
-        t = time_pair(
-            lc.layer,
-            new,
-            (x,),
-            batch_sizes=sizes,
-            runtime=cfg.runtime,
-            repeats=cfg.latency_repeats,
-            threads=cfg.threads,
-        )
-        row.latency_ratio = t[cfg.batch_size][1] / t[cfg.batch_size][0]
-        row.latency_ratio_b1 = t[1][1] / t[1][0]
-    t = time_pair(
-        reference, built, inputs, batch_sizes=sizes, runtime=cfg.runtime, repeats=repeats, threads=cfg.threads
-    )
-    report.totals.update(
-        latency_ratio=t[cfg.batch_size][1] / t[cfg.batch_size][0],
-        latency_ratio_b1=t[1][1] / t[1][0],
-        latency_batch_size=cfg.batch_size,
-        latency_before_s=t[cfg.batch_size][0],
-        latency_after_s=t[cfg.batch_size][1],
-        runtime=cfg.runtime,
-        threads=cfg.threads or torch.get_num_threads(),
-    )
-
-
-def auto_compress(
-    model: nn.Module,
-    cfg: AutoConfig,
-    *,
-    inputs: tuple[Tensor, ...] | None,
-    calib_data: Any,
-    eval_fn: Callable[[nn.Module], float] | None,
-    inplace: bool,
-) -> tuple[nn.Module, CompressionReport]:
-    """:func:`factorch.compress` for an :class:`AutoConfig` (see there)."""
-    from factorch.apply import apply_plan
-
-    target: Target = cfg.parsed_target
-    if target.fraction is None and eval_fn is None:
-        raise ValueError(f"AutoConfig(target={cfg.target!r}) without a fraction searches by accuracy: pass eval_fn")
-    if cfg.max_accuracy_drop is not None and eval_fn is None:
-        raise ValueError(
-            "AutoConfig(max_accuracy_drop=...) needs eval_fn (a function model -> score, higher is better)"
-        )
-    if eval_fn is not None and not callable(eval_fn):
-        raise TypeError(f"eval_fn must be callable (model -> score), got {type(eval_fn).__name__}")
-    calib = calibration_inputs(calib_data, cfg.calib_samples) if calib_data is not None else None
-    if calib is None and (eval_fn is None or cfg.objective != "accuracy"):
-        raise ValueError(
-            "AutoConfig needs calib_data (a tensor or DataLoader of inputs) to score candidate layers, "
-            "or eval_fn with objective='accuracy'"
-        )
-    if inputs is None:
-        if calib is None:
-            raise ValueError("AutoConfig needs example_inputs (or calib_data to take one from)")
-        inputs = (calib[:1],)
-    inputs = tuple(t[:1] for t in inputs)
-
-    was_training = model.training
-    search = AutoSearch(model, cfg, inputs, calib, eval_fn)
-    search.score()
-    if target.kind == "latency":
-        search.measure_candidates()
-        from factorch.profiling import measure_latency
-
-        def timed(m: nn.Module) -> float:
-            return measure_latency(m, inputs, batch_sizes=(cfg.batch_size,), repeats=20, threads=cfg.threads).median(
-                cfg.batch_size
-            )
-
-        # the target is relative to the model as given; what the candidates leave is timed on the analysed
-        # model (BatchNorms folded when fold_bn=True)
-        total = timed(model)
-        _, fixed = search.reference_total(timed(search.model) if cfg.fold_bn else total)
-    else:
-        total, fixed = search.reference_total()
-    reference = copy.deepcopy(model) if inplace else model
-    base_score = float(eval_fn(reference)) if eval_fn is not None else None
-
-    def build(fraction: float) -> tuple[nn.Module, CompressionReport, float]:
-        choice, predicted = search.choose(fraction, total, fixed)
-        # the layers the search built and measured, not decomposed again
-        prebuilt = {lc.name: search._replacement(lc, c) for lc in search.layers if (c := choice.get(lc.name))}
-        built, report = apply_plan(
-            model,
-            search.plan(choice),
-            example_inputs=inputs,
-            inplace=False,
-            keep_edges=True,
-            fold_bn=cfg.fold_bn,
-            prebuilt=prebuilt,
-        )
-        report.totals["predicted_damage"] = predicted
-        for row in report.layers:
-            if row.skipped is None:
-                row.damage = choice[row.name].damage
-            elif row.name in search.skipped:
-                row.skipped = search.skipped[row.name]
-            elif row.name in choice:
-                row.skipped = "kept dense by the budget solver"
-        built.train(was_training)
-        return built, report, predicted
-
-    warnings: list[str] = []
-    attempts = []
-    if target.fraction is None:  # smallest budget whose measured drop is within max_accuracy_drop
-        allowed = cfg.max_accuracy_drop
-        lo, hi, best = search.floor(total, fixed), 1.0, None
-        for _ in range(7):
-            mid = 0.5 * (lo + hi)
-            try:
-                built, report, _ = build(mid)
-            except ValueError:
-                lo = mid
-                continue
-            drop = base_score - float(eval_fn(built))
-            attempts.append({"fraction": mid, "drop": drop})
-            if drop <= allowed:
-                hi, best = mid, (built, report, drop)
-            else:
-                lo = mid
-        if best is None:
-            built, report, _ = build(1.0)
-            warnings.append(f"no budget below the dense model kept the drop within {allowed}")
-        else:
-            built, report, _ = best
-        fraction = None
-    else:
-        fraction = target.fraction
-        margin = 0.99 if target.kind == "latency" else 0.999
-        tried: list[tuple[float, float, nn.Module, CompressionReport]] = []  # (goal, measured, model, report)
-        goal = fraction
-        for attempt in range(3):  # closed loop: the measured result, not the model of it, must meet the target
-            if attempt and goal < (cheapest := search.floor(total, fixed) * 1.01):
-                # the correction asks for less than the cheapest choice: try that (1 % over the floor leaves
-                # room for the knapsack's rounding of costs), once
-                if tried[-1][0] <= cheapest:
-                    break
-                goal = cheapest
-            try:
-                built, report, _ = build(goal)
-            except ValueError:
-                if not attempt:
-                    raise  # the target itself is out of reach
-                break
-            ratio = _achieved(report, target.kind, built, reference, inputs, cfg)
-            attempts.append({"fraction": goal, "achieved": ratio})
-            tried.append((goal, ratio, built, report))
-            met = [t for t in tried if t[1] <= fraction]
-            if ratio <= fraction:
-                if ratio >= UNDERSHOOT * fraction or goal >= 1.0:
-                    break
-                # far below the target (the per-layer estimates were pessimistic): relax toward it, aiming a
-                # little under it, as a relaxed model that misses the target is an attempt lost
-                goal = min(1.0, goal * fraction / ratio * 0.97)
-            elif met:  # relaxing went past the target: try the secant between the two, aiming a little under
-                g0, r0 = max(met, key=lambda t: t[0])[:2]
-                goal = g0 + (goal - g0) * (0.97 * fraction - r0) / (ratio - r0)
-            else:
-                goal = goal * fraction / ratio * margin
-        met = [t for t in tried if t[1] <= fraction]
-        # of the models that meet the target, the one given the most budget; else the one measured closest
-        _, ratio, built, report = max(met, key=lambda t: t[0]) if met else min(tried, key=lambda t: t[1])
-        if ratio > fraction:
-            warnings.append(
-                f"measured {target.kind} x{ratio:.3f} is above the target {fraction:g} after {len(attempts)} "
-                "attempt(s); the closest is returned"
-            )
-    if cfg.calibrate is not None:
-        from factorch.apply import note_calibration
-        from factorch.calibrate import calibrate_
-
-        result = calibrate_(built, search.model, calib_data, config=cfg.calibrate)
-        report.totals["calibration"] = result.to_dict()
-        note_calibration(report, result)
-    if cfg.measure or target.kind == "latency":
-        _measure(report, reference, built, inputs, search, repeats=max(20, cfg.latency_repeats))
-    if eval_fn is not None:
-        after = float(eval_fn(built))
-        report.totals.update(score_before=base_score, score_after=after, accuracy_drop=base_score - after)
-        if cfg.max_accuracy_drop is not None and base_score - after > cfg.max_accuracy_drop:
-            warnings.append(f"accuracy drop {base_score - after:.3g} exceeds max_accuracy_drop={cfg.max_accuracy_drop}")
-    report.config = cfg.to_dict()
-    report.totals.update(
-        target=str(target),
-        target_kind=target.kind,
-        target_fraction=fraction,
-        sensitivity={k: v for k, v in search.stats.items()},
-        attempts=attempts,
-    )
-    if warnings:
-        report.totals["warnings"] = warnings
-    if inplace:
-        _copy_into(model, built)
-        built = model
-    return built, report
-
-
-def _achieved(
-    report: CompressionReport,
-    kind: str,
-    built: nn.Module,
-    reference: nn.Module,
-    inputs: tuple[Tensor, ...],
-    cfg: AutoConfig,
-) -> float:
-    if kind != "latency":  # params budgets count non-zeros; size budgets bytes stored compactly
-        return float(report.totals[{"params": "nonzero_params_ratio", "size": "size_ratio"}.get(kind, f"{kind}_ratio")])
-    t = time_pair(
-        reference, built, inputs, batch_sizes=(cfg.batch_size,), runtime=cfg.runtime, repeats=20, threads=cfg.threads
-    )
-    return t[cfg.batch_size][1] / t[cfg.batch_size][0]
-
-
-def _copy_into(model: nn.Module, built: nn.Module) -> None:
-    """Make ``model`` (the caller's object) the compressed model: same class, new submodules and state."""
-    model.__dict__.clear()
-    model.__dict__.update(built.__dict__)

@@ -97,7 +97,7 @@ def run_sweep(
     ``eval_fn`` (e.g. test accuracy). Writes ``sweep.json``, ``sweep.md``, ``sweep_macs.png`` and
     ``sweep_latency.png`` under ``out`` when given. The sensitivity table is computed once and cached.
     """
-    from factorch.auto.search import auto_compress
+    from factorch.auto.closed_loop import auto_compress
     from factorch.auto.uniform import uniform_compress
 
     if not configs:

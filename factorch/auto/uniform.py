@@ -7,6 +7,7 @@ from torch import Tensor, nn
 from factorch.auto.config import Target
 from factorch.config import MethodConfig, config_for_method
 from factorch.rank import MACRatioRank, ParamRatioRank
+from factorch.rank.bisect import largest_feasible
 from factorch.report import CompressionReport
 
 
@@ -34,15 +35,13 @@ def uniform_compress(
     if goal.kind == "latency" or goal.fraction is None:
         raise ValueError(f"uniform_compress takes a 'macs=F' or 'params=F' target, got {target!r}")
     selector = ParamRatioRank if goal.kind == "params" else MACRatioRank
-    lo, hi, best = 0.0, 1.0, None
-    for _ in range(steps):
-        mid = 0.5 * (lo + hi)
-        cfg = config_for_method(method, rank=selector(mid), **options)
-        built, report = apply_plan(model, cfg, example_inputs=example_inputs)
-        if report.totals[f"{goal.kind}_ratio"] <= goal.fraction:
-            lo, best = mid, (built, report, cfg)
-        else:
-            hi = mid
+
+    def build(ratio: float) -> tuple[nn.Module, CompressionReport, MethodConfig]:
+        cfg = config_for_method(method, rank=selector(ratio), **options)
+        return (*apply_plan(model, cfg, example_inputs=example_inputs), cfg)
+
+    found = largest_feasible(build, lambda b: b[1].totals[f"{goal.kind}_ratio"] <= goal.fraction, steps=steps)
+    best = found[1] if found else None
     if best is None:
         raise ValueError(f"no uniform {method} ratio reaches {target} (the dense layers left over cost more)")
     return best

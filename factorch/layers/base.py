@@ -41,6 +41,7 @@ class CompressedLayer:
     method: ClassVar[str] = ""
     rank_names: ClassVar[tuple[str, ...]] = ("rank",)
     exact_at_full_rank: ClassVar[bool] = True  # the largest option reproduces the dense layer (damage 0)
+    cheap_to_build: ClassVar[bool] = True  # the local search may also try options that were not scored
     spec: Spec
     ranks: tuple[int, ...]
     options: dict
@@ -52,6 +53,11 @@ class CompressedLayer:
         """The :class:`~factorch.cost.Cost` of this layer class at ``ranks`` (batch 1, spatial ``input_size``)."""
         params, macs = cls.cost(spec, ranks, input_size, **options)
         return Cost.dense(params, macs, weight_bits=torch.finfo(spec.torch_dtype).bits)
+
+    @classmethod
+    def search_options(cls, auto_config) -> dict:
+        """Options that ``AutoConfig``'s candidates of this class are scored and built with (default none)."""
+        return {}
 
     def layer_cost(self, input_size: tuple[int, ...] | None = None) -> Cost:
         """The cost of this very layer."""

@@ -37,6 +37,14 @@ class CPConv(FactorizedLayer):
 
     method = "cp"
     exact_at_full_rank = False  # an ALS fit: full CP rank need not reproduce the kernel
+    cheap_to_build = False  # each option is an ALS fit: the local search keeps to the scored ones
+    SEARCH_SWEEPS = 25  # scoring many candidate ranks needs a cheaper fit than CPConfig's default 200 sweeps
+
+    @classmethod
+    def search_options(cls, auto_config) -> dict:
+        """AutoConfig scores and builds CP candidates with one and the same fit: 25 ALS sweeps, stabilised only
+        with ``AutoConfig(stable_cp=True)``."""
+        return {"n_iter_max": cls.SEARCH_SWEEPS, "stabilize": bool(auto_config.stable_cp)}
 
     @classmethod
     def check(cls, spec, options) -> None:

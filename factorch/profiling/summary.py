@@ -179,11 +179,13 @@ class ProfileReport:
         )
         longest = max((len(r.name or ROOT) for r in self.rows), default=5)
         table.add_column("Layer", overflow="fold", min_width=min(longest, 32))
-        table.add_column("Type", overflow="fold")
+        # numbers and types keep their widest cell (never cut or folded); names, shapes and notes fold
+        table.add_column("Type", no_wrap=True, min_width=max((len(r.type_name) for r in self.rows), default=4))
         table.add_column("Output shape", overflow="fold")
-        table.add_column("Params", justify="right", overflow="fold")
-        table.add_column("MACs", justify="right", overflow="fold")
-        table.add_column("%", justify="right", overflow="fold")
+        widest = max([len(format_count(v)) for r in self.rows for v in (r.params, r.macs)] + [8])
+        table.add_column("Params", justify="right", no_wrap=True, min_width=widest)
+        table.add_column("MACs", justify="right", no_wrap=True, min_width=widest)
+        table.add_column("%", justify="right", no_wrap=True, min_width=6)
         notes = any(r.note for r in self.rows)
         if notes:
             table.add_column("Note", style="dim", overflow="fold")
@@ -197,8 +199,11 @@ class ProfileReport:
         return table
 
     def print(self, console: Console | None = None) -> None:
-        """Print :meth:`to_rich` on ``console`` (a new ``rich`` console by default)."""
-        (console or Console()).print(self.to_rich())
+        """Print :meth:`to_rich` on ``console`` (a new ``rich`` console by default); where the table is wider
+        than the console, print :meth:`to_markdown` as plain lines (the terminal wraps them), never cut cells."""
+        from factorch.tables import print_table
+
+        print_table(console or Console(), self.to_rich(), self.to_markdown())
 
 
 def _owns_row(module: nn.Module) -> bool:

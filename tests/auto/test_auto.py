@@ -1,5 +1,6 @@
 import copy
 import dataclasses
+from collections import OrderedDict
 
 import pytest
 import torch
@@ -7,6 +8,8 @@ from torch import nn
 
 import factorch
 from factorch.auto import AutoConfig, uniform_compress
+from factorch.auto import candidates as candidates_mod
+from factorch.auto import closed_loop as closed_loop_mod
 from factorch.auto import search as search_mod
 from factorch.auto.sweep import pareto_front
 from factorch.layers.spatial import SpatialSVDConv2d
@@ -84,7 +87,7 @@ def test_second_run_reuses_the_sensitivity_table(tmp_path):
 
 
 def test_probe_layers_are_built_once_per_process(monkeypatch):
-    monkeypatch.setattr(search_mod, "_built_cache", search_mod.OrderedDict())
+    monkeypatch.setattr(candidates_mod, "_built_cache", OrderedDict())
     built = []
     real = search_mod._remember
     monkeypatch.setattr(search_mod, "_remember", lambda key, module: (built.append(key), real(key, module)))
@@ -97,12 +100,12 @@ def test_probe_layers_are_built_once_per_process(monkeypatch):
     factorch.compress(tiny_net(), AutoConfig("macs=0.3", **cfg), example_inputs=X, calib_data=calib())
     assert len(set(built)) == len(built) and len(built) - first < first / 4
     # the cache is bounded: past the byte limit the least recently used layers go
-    monkeypatch.setattr(search_mod, "_BUILT_BYTES", 1)
+    monkeypatch.setattr(candidates_mod, "_BUILT_BYTES", 1)
     other = tiny_net()
     with torch.no_grad():
         other[2].weight.mul_(1.5)
     factorch.compress(other, AutoConfig("macs=0.5", **cfg), example_inputs=X, calib_data=calib())
-    assert len(built) > first and len(search_mod._built_cache) == 1
+    assert len(built) > first and len(candidates_mod._built_cache) == 1
 
 
 def test_interrupted_analysis_resumes(tmp_path, monkeypatch):
@@ -177,6 +180,7 @@ def test_latency_target_never_picks_a_slower_layer(monkeypatch):
         return {b: (cost(dense) * b, cost(candidate) * b) for b in batch_sizes}
 
     monkeypatch.setattr(search_mod, "time_pair", fake_time_pair)
+    monkeypatch.setattr(closed_loop_mod, "time_pair", fake_time_pair)
     measure = factorch.profiling.latency.measure_latency
 
     def fake_measure(model, inputs, **kw):
@@ -281,8 +285,8 @@ def test_missing_calibration_and_unreachable_target_are_errors():
 def test_closed_loop_that_cannot_meet_the_target_returns_the_closest_model(monkeypatch):
     """When the measured result stays above the target and the corrected goal falls below the cheapest choice,
     the cheapest choice is tried once, and the attempt measured closest is returned with a warning."""
-    real = search_mod._achieved
-    monkeypatch.setattr(search_mod, "_achieved", lambda report, *a: real(report, *a) + 0.5)  # never satisfied
+    real = closed_loop_mod._achieved
+    monkeypatch.setattr(closed_loop_mod, "_achieved", lambda report, *a: real(report, *a) + 0.5)  # never satisfied
     cfg = AutoConfig("macs=0.35", **{**FAST, "cache": False})
     out, report = factorch.compress(tiny_net(), cfg, example_inputs=X, calib_data=calib())
     attempts = report.totals["attempts"]
@@ -299,12 +303,12 @@ def test_closed_loop_that_cannot_meet_the_target_returns_the_closest_model(monke
 def test_closed_loop_relaxes_a_result_far_below_the_target(monkeypatch):
     """A measured result far below the target (pessimistic per-layer estimates) is built again with more budget,
     and the model that meets the target with the most budget is returned."""
-    real = search_mod._achieved
-    monkeypatch.setattr(search_mod, "_achieved", lambda report, *a: 0.6 * real(report, *a))  # an optimistic meter
+    real = closed_loop_mod._achieved
+    monkeypatch.setattr(closed_loop_mod, "_achieved", lambda report, *a: 0.6 * real(report, *a))  # an optimistic meter
     cfg = AutoConfig("macs=0.3", **{**FAST, "cache": False})
     _, report = factorch.compress(tiny_net(), cfg, example_inputs=X, calib_data=calib())
     attempts = report.totals["attempts"]
-    assert len(attempts) >= 2 and attempts[0]["achieved"] < search_mod.UNDERSHOOT * 0.3
+    assert len(attempts) >= 2 and attempts[0]["achieved"] < closed_loop_mod.UNDERSHOOT * 0.3
     assert attempts[1]["fraction"] > attempts[0]["fraction"]  # relaxed toward the target
     met = [a for a in attempts if a["achieved"] <= 0.3]
     chosen = max(met, key=lambda a: a["fraction"])
@@ -313,13 +317,13 @@ def test_closed_loop_relaxes_a_result_far_below_the_target(monkeypatch):
 
 
 def test_closed_loop_keeps_the_model_that_met_the_target_when_relaxing_overshoots(monkeypatch):
-    real = search_mod._achieved
+    real = closed_loop_mod._achieved
 
     def jumpy(report, *a):  # optimistic for small models, exact for larger ones
         r = real(report, *a)
         return 0.5 * r if r <= 0.35 else r
 
-    monkeypatch.setattr(search_mod, "_achieved", jumpy)
+    monkeypatch.setattr(closed_loop_mod, "_achieved", jumpy)
     cfg = AutoConfig("macs=0.3", **{**FAST, "cache": False})
     _, report = factorch.compress(tiny_net(), cfg, example_inputs=X, calib_data=calib())
     a = report.totals["attempts"]
@@ -550,7 +554,7 @@ def test_the_final_build_reuses_the_layers_the_search_decomposed(monkeypatch):
     cps = {name: m for name, m in out.named_modules() if isinstance(m, CPConv)}
     assert cps and len(calls) == len(set(calls))
     # copies: training the returned model leaves the search's layers (reused by a later call) untouched
-    from factorch.auto.search import _built_cache
+    from factorch.auto.candidates import _built_cache
 
     assert not any(m is c for m in cps.values() for c in _built_cache.values())
 

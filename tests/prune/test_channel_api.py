@@ -78,6 +78,10 @@ def test_cli_prune_structured_and_unstructured(tmp_path):
     report = json.loads((tmp_path / "u" / "report.json").read_text())
     assert report["totals"]["nonzero_params_ratio"] < 0.3
     assert main(["prune", "lenet5", "--sparsity", "0.8", "--structured", "--no-eval", "--out", str(tmp_path)]) == 2
+    argv = ["compress", "lenet5", "--method", "prune", "--sparsity", "0.7", "--scope", "layer", "--no-eval"]
+    assert main([*argv, "--out", str(tmp_path / "c")]) == 0
+    plan = json.loads((tmp_path / "c" / "plan.json").read_text())
+    assert {d["class"] for d in plan["layers"].values()} == {"PrunedLayer"}
 
 
 def test_calibrate_refits_the_layers_that_lost_inputs():
@@ -98,3 +102,17 @@ def test_calibrate_refits_the_layers_that_lost_inputs():
     assert torch.equal(fitted.conv1.weight, plain.conv1.weight)  # the first conv lost no inputs: not refitted
     with pytest.raises(ValueError, match="needs calib_data"):
         factorch.compress(model, factorch.ChannelPruneConfig(), example_inputs=X, calibrate=64)
+
+
+def test_channel_pruning_in_stages_approaches_the_target(tmp_path):
+    data = torch.utils.data.TensorDataset(torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,)))
+    seen = []
+    out, report = factorch.compress_in_stages(
+        small_resnet(), factorch.ChannelPruneConfig("macs=0.5"), stages=2, train_data=data, example_inputs=X,
+        finetune_epochs=1, batch_size=8, show_progress=False, checkpoint_dir=tmp_path,
+        on_stage_end=lambda i, rec: seen.append(round(rec["macs_ratio"], 2)),
+    )  # fmt: skip
+    assert seen[0] > 0.6 and seen[1] <= 0.5  # 0.5 ** (1/2) of the MACs after the first stage, then 0.5
+    assert report.totals["macs_ratio"] <= 0.5
+    back = factorch.load(tmp_path / "stage-2", base_model=small_resnet())
+    torch.testing.assert_close(back(X), out(X))

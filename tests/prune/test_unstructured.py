@@ -80,6 +80,7 @@ def test_magnitude_mask_keeps_the_largest_weights():
 
 def test_kept_count_rounds_and_validates():
     assert kept_count(10, 0.9) == 1 and kept_count(10, 0.84) == 2 and kept_count(10, 0.0) == 10
+    assert kept_count(10, 0.86) == 1 and kept_count(1000, 0.1234) == 877  # rounded, not truncated
     assert kept_count(10, 0.99) == 1  # never an empty layer
     assert kept_count(10, 7) == 7 and kept_count(10, (3,)) == 3
     for bad in (1.0, -0.1, 0, 11, True):
@@ -261,3 +262,11 @@ def test_sensitivity_curves_prune_one_layer_at_a_time(tmp_path):
     assert (tmp_path / "sensitivity.png").stat().st_size > 1000
     with pytest.raises(ValueError, match="no prunable layer named nope"):
         prune_sensitivity(model, score, layers=["nope"], progress=False)
+
+
+def test_autoconfig_size_budget_counts_bytes_stored():
+    calib = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(4))
+    cfg = factorch.AutoConfig("size=0.3", methods=["svd", "prune"], levels=(0.1, 0.3, 0.6), measure=False,
+                              refine=0, polish=0, progress=False, cache=False)  # fmt: skip
+    _, report = factorch.compress(net(), cfg, example_inputs=X[:1], calib_data=calib)
+    assert report.totals["size_ratio"] <= 0.3 + 1e-9
