@@ -126,11 +126,11 @@ def torch_unstructured(dense, train, sparsity, steps, epochs, key):
 
 
 # -- structured --------------------------------------------------------------------------------------------
-def factorch_structured(dense, target, calib):
-    """Filters ranked by L1 norm, globally; then each layer that lost inputs refitted to the dense responses on
-    1024 training images (``calibrate=``, least squares, no labels)."""
+def factorch_structured(dense, target, calib, allocation="global"):
+    """Filters ranked by L1 norm (globally, or the same share in every layer); then each layer that lost inputs
+    refitted to the dense responses on 1024 training images (``calibrate=``, least squares, no labels)."""
     model, report = factorch.compress(
-        dense, factorch.ChannelPruneConfig(target), example_inputs=X, calib_data=calib,
+        dense, factorch.ChannelPruneConfig(target, allocation=allocation), example_inputs=X, calib_data=calib,
         calibrate=factorch.CalibrationConfig(n_samples=1024, progress=False),
     )  # fmt: skip
     return model, {"reconstruction_s": report.totals["reconstruction"]["seconds"]}
@@ -189,7 +189,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="vgg,resnet20")
     parser.add_argument("--rows", default="unstructured,structured,combined")
-    parser.add_argument("--tools", default="factorch,peer", help="factorch, peer (Torch-Pruning / torch.prune)")
+    parser.add_argument(
+        "--tools", default="factorch,peer", help="factorch, uniform (factorch, allocation='uniform'), peer"
+    )
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--epochs-unstructured", type=int, default=3)
     parser.add_argument("--epochs-structured", type=int, default=1)
@@ -197,6 +199,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--force", action="store_true")
     parser.add_argument("--results", default="pruning", help="name of the results files (runs can run side by side)")
+    parser.add_argument(
+        "--retime",
+        action="store_true",
+        help="only time the structured rows again (their structure rebuilt; weights do not change the time): for "
+        "rows whose latency was measured while other jobs loaded the machine",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     train, test = fashion_mnist("train"), fashion_mnist("test")
@@ -214,6 +222,9 @@ def main() -> None:
         "batch 128, augmented Fashion-MNIST training set; test accuracy measured once, at the end of each row",
     }
     tools = set(args.tools.split(","))
+    if args.retime:
+        retime(out, args.models.split(","))
+        return
 
     def acc(m: nn.Module) -> float:
         return round(evaluate(m, test, show_progress=False)["accuracy"], 2)
@@ -236,6 +247,9 @@ def main() -> None:
             if "factorch" in tools:
                 plan.append(("structured macs=0.5 factorch", lambda: factorch_structured(dense, "macs=0.5", calib),
                              args.epochs_structured))  # fmt: skip
+            if "uniform" in tools:
+                plan.append(("structured macs=0.5 factorch uniform",
+                             lambda: factorch_structured(dense, "macs=0.5", calib, "uniform"), args.epochs_structured))  # fmt: skip
             if "peer" in tools:
                 plan.append(("structured macs=0.5 Torch-Pruning", lambda: tp_structured(dense, "macs=0.5"),
                              args.epochs_structured))  # fmt: skip
@@ -268,6 +282,27 @@ def main() -> None:
             record.update(time_s=round(time.perf_counter() - t0, 1), commit=out["setup"]["commit"])
             res["rows"][row] = record
             print(f"   {json.dumps({k: v for k, v in record.items() if k != 'trace'})}", flush=True)
+            write(out)
+
+
+def retime(out: dict, models: list[str]) -> None:
+    builders = {
+        "structured macs=0.5 factorch": lambda d: factorch.compress(
+            d, factorch.ChannelPruneConfig("macs=0.5"), example_inputs=X
+        )[0],
+        "structured macs=0.5 Torch-Pruning": lambda d: tp_structured(d, "macs=0.5")[0],
+        "combined macs=0.2 channels": lambda d: factorch.compress(
+            d, factorch.ChannelPruneConfig("macs=0.2"), example_inputs=X
+        )[0],
+    }
+    for name in models:
+        dense = factorch.models.create_model(name, pretrained=True).eval()
+        for row, r in out["models"].get(name, {}).get("rows", {}).items():
+            build = builders.get(row.split(" seed ")[0])
+            if build is None or "error" in r:
+                continue
+            r.update(latency(build(dense), dense), latency_retimed=True)
+            print(f"   {name} {row}: x{r['latency_ratio_b64']:.3f} (b64)", flush=True)
             write(out)
 
 

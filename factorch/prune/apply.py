@@ -18,6 +18,7 @@ from factorch.layers.base import layer_geometry
 from factorch.progress import progress_bar
 from factorch.prune.channels import prune_channels
 from factorch.prune.config import ChannelPruneConfig
+from factorch.rank.bisect import largest_feasible
 from factorch.report import CompressionReport, LayerReport
 from factorch.surgery import compressed_layers, conv_bn_pairs, fold_batchnorms, trace_layers
 
@@ -52,17 +53,17 @@ def channel_prune(
     before_store = model_storage(model)
     dense = copy.deepcopy(model) if inplace and calibrate is not None else model
     ignored = tuple(config.ignored) + tuple(n for n, _ in compressed_layers(model))
-    pruned, result = prune_channels(
-        model,
-        inputs,
-        target=config.target,
+    options = dict(
         criterion=config.criterion,
         calib_data=calib.split(128) if calib is not None else None,
         ignored=ignored,
         min_channels=config.min_channels,
         round_to=config.round_to,
-        inplace=inplace,
     )
+    if config.allocation == "global":
+        pruned, result = prune_channels(model, inputs, target=config.target, inplace=inplace, **options)
+    else:
+        pruned, result = _uniform_allocation(model, inputs, config, inplace=inplace, **options)
     reconstruction = None
     if calibrate is not None:
         reconstruction = reconstruct_inputs_(
@@ -125,6 +126,27 @@ def reconstruct_inputs_(
         for m, flag in flags.items():
             m.train(flag)
     return {"n_samples": int(inputs.shape[0]), "seconds": round(time.perf_counter() - t0, 2), "layers": done}
+
+
+def _uniform_allocation(model: nn.Module, inputs: tuple, config: ChannelPruneConfig, *, inplace: bool, **options):
+    """The same share of channels removed from every prunable group: the largest share whose model meets the
+    target (bisection), as Torch-Pruning's ``pruning_ratio`` and Li et al. 2017's uniform setting."""
+    goal = config.parsed_target
+
+    def build(share: float):
+        return prune_channels(model, inputs, ratio=share, inplace=False, **options)
+
+    def fits(built) -> bool:
+        return getattr(built[1], f"{goal.kind}_ratio") <= goal.fraction
+
+    found = largest_feasible(lambda keep: build(1.0 - keep), fits, lo=0.0, hi=1.0, steps=12)
+    if found is None:
+        raise ValueError(f"ChannelPruneConfig(allocation='uniform'): no channel share reaches {config.target}")
+    pruned, result = found[1]
+    if inplace:  # the structure changed: the caller's object becomes the pruned model
+        model.__dict__.update(pruned.__dict__)
+        pruned = model
+    return pruned, result
 
 
 def _report(

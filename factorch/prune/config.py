@@ -9,6 +9,7 @@ from typing import Any
 from factorch.auto.config import Target
 
 CHANNEL_CRITERIA = ("l1", "bn-scale", "activation")
+ALLOCATIONS = ("global", "uniform")
 CHANNEL_PRUNE_VERSION = 1
 
 
@@ -29,6 +30,9 @@ class ChannelPruneConfig:
         round_to: keep channel counts at multiples of this where the layer allows (vector units like 8).
         ignored: module names whose channels are never pruned.
         min_channels: the fewest channels any pruned group keeps.
+        allocation: ``"global"``: channels ranked across the whole network (importance normalised by its
+            group's mean), so layers lose different shares; ``"uniform"``: every group loses the same share,
+            the largest that meets the target (bisection), ranked by ``criterion`` within each group.
     """
 
     target: str = "macs=0.5"
@@ -37,6 +41,7 @@ class ChannelPruneConfig:
     round_to: int = 1
     ignored: tuple[str, ...] = field(default=())
     min_channels: int = 1
+    allocation: str = "global"
 
     def __post_init__(self) -> None:
         goal = Target.parse(self.target)
@@ -46,6 +51,10 @@ class ChannelPruneConfig:
             raise ValueError(
                 f"ChannelPruneConfig(criterion=...) must be one of {', '.join(CHANNEL_CRITERIA)}, "
                 f"got {self.criterion!r}"
+            )
+        if self.allocation not in ALLOCATIONS:
+            raise ValueError(
+                f"ChannelPruneConfig(allocation=...) must be one of {', '.join(ALLOCATIONS)}, got {self.allocation!r}"
             )
         for name in ("round_to", "min_channels"):
             value = getattr(self, name)
@@ -68,4 +77,5 @@ class ChannelPruneConfig:
             "round_to": self.round_to,
             "ignored": list(self.ignored),
             "min_channels": self.min_channels,
+            "allocation": self.allocation,
         }

@@ -116,3 +116,16 @@ def test_channel_pruning_in_stages_approaches_the_target(tmp_path):
     assert report.totals["macs_ratio"] <= 0.5
     back = factorch.load(tmp_path / "stage-2", base_model=small_resnet())
     torch.testing.assert_close(back(X), out(X))
+
+
+def test_uniform_allocation_removes_the_same_share_everywhere():
+    out, report = factorch.compress(
+        small_resnet(), factorch.ChannelPruneConfig("macs=0.5", allocation="uniform"), example_inputs=X
+    )
+    assert report.totals["macs_ratio"] <= 0.5
+    kept = {r.name: r.ranks[0] for r in report.layers if r.skipped is None and r.name.endswith("conv1")}
+    before = {"layer1": 8, "layer2": 16, "layer3": 32}
+    shares = {round(kept[n] / before[n.split(".")[0]], 1) for n in kept if n.startswith("layer")}
+    assert len(shares) <= 2  # one share, up to rounding to whole channels
+    with pytest.raises(ValueError, match="allocation"):
+        factorch.ChannelPruneConfig(allocation="greedy")
