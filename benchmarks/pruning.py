@@ -248,8 +248,8 @@ def main() -> None:
                 plan.append(("structured macs=0.5 factorch", lambda: factorch_structured(dense, "macs=0.5", calib),
                              args.epochs_structured))  # fmt: skip
             if "uniform" in tools:
-                plan.append(("structured macs=0.5 factorch uniform",
-                             lambda: factorch_structured(dense, "macs=0.5", calib, "uniform"), args.epochs_structured))  # fmt: skip
+                uniform = lambda: factorch_structured(dense, "macs=0.5", calib, "uniform")  # noqa: E731
+                plan.append(("structured macs=0.5 factorch uniform", uniform, args.epochs_structured))
             if "peer" in tools:
                 plan.append(("structured macs=0.5 Torch-Pruning", lambda: tp_structured(dense, "macs=0.5"),
                              args.epochs_structured))  # fmt: skip
