@@ -222,6 +222,7 @@ def main() -> None:
         "batch 128, augmented Fashion-MNIST training set; test accuracy measured once, at the end of each row",
     }
     tools = set(args.tools.split(","))
+    rows = set(args.rows.split(","))
     if args.retime:
         retime(out, args.models.split(","))
         return
@@ -235,7 +236,7 @@ def main() -> None:
         print(f"== {name}: dense {res['dense_accuracy']} %", flush=True)
         s = SPARSITY[name]
         plan = []
-        if "unstructured" in args.rows:
+        if "unstructured" in rows:
             e, k = args.epochs_unstructured, args.steps
             if "factorch" in tools:
                 plan.append((f"unstructured {s:g} factorch", lambda: factorch_unstructured(dense, train, s, k, e,
@@ -243,7 +244,7 @@ def main() -> None:
             if "peer" in tools:
                 plan.append((f"unstructured {s:g} torch.nn.utils.prune", lambda: torch_unstructured(dense, train, s,
                              k, e, f"{name}-u-torch"), 0))  # fmt: skip
-        if "structured" in args.rows:
+        if "structured" in rows:
             if "factorch" in tools:
                 plan.append(("structured macs=0.5 factorch", lambda: factorch_structured(dense, "macs=0.5", calib),
                              args.epochs_structured))  # fmt: skip
@@ -253,11 +254,11 @@ def main() -> None:
             if "peer" in tools:
                 plan.append(("structured macs=0.5 Torch-Pruning", lambda: tp_structured(dense, "macs=0.5"),
                              args.epochs_structured))  # fmt: skip
-        if "spread" in args.rows:
+        if "spread" in rows:
             for seed in (1, 2):
                 row = f"structured macs=0.5 factorch seed {seed}"
                 plan.append((row, lambda: factorch_structured(dense, "macs=0.5", calib), args.epochs_structured))
-        if "combined" in args.rows:
+        if "combined" in rows:
             for kind in ("factorization", "channels", "channels+factorization"):
                 plan.append((f"combined macs=0.2 {kind}", lambda kind=kind: combined(dense, kind, calib),
                              args.epochs_combined))  # fmt: skip

@@ -52,8 +52,9 @@ def compress(
         fold_bn: fold every conv -> BatchNorm pair into the conv first (a whole-model action; ``None``: as the
             configs say).
         calibrate: a :class:`~factorch.CalibrationConfig` (or a number of samples): after compressing, refit
-            the factorized layers to the dense network's responses on ``calib_data`` (a whole-model action; a
-            config's own ``calibrate`` field does the same for the layers it compresses).
+            the factorized layers (with a ``ChannelPruneConfig``: every layer that lost input channels) to the
+            dense network's responses on ``calib_data`` (a whole-model action; a config's own ``calibrate``
+            field does the same for the layers it compresses).
 
     Returns:
         ``(compressed model, report)``.
