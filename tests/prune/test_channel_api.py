@@ -71,9 +71,10 @@ def test_fold_bn_after_channel_pruning_is_exact_and_replayed(tmp_path):
 
 
 def test_cli_prune_structured_and_unstructured(tmp_path):
-    assert main(["prune", "resnet20", "--target", "macs=0.5", "--no-eval", "--out", str(tmp_path / "s")]) == 0
+    argv = ["prune", "resnet20", "--target", "macs=0.5", "--calibrate", "64", "--no-eval"]
+    assert main([*argv, "--out", str(tmp_path / "s")]) == 0
     report = json.loads((tmp_path / "s" / "report.json").read_text())
-    assert report["totals"]["macs_ratio"] <= 0.5
+    assert report["totals"]["macs_ratio"] <= 0.5 and report["totals"]["reconstruction"]["n_samples"] == 64
     assert main(["prune", "lenet5", "--sparsity", "0.8", "--no-eval", "--out", str(tmp_path / "u")]) == 0
     report = json.loads((tmp_path / "u" / "report.json").read_text())
     assert report["totals"]["nonzero_params_ratio"] < 0.3
