@@ -10,7 +10,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from factorch.apply import PLAN_ATTR, apply_plan, as_inputs, as_plan, model_storage, note_calibration
+from factorch.apply import PLAN_ATTR, apply_plan, as_inputs, as_plan, model_storage, note_calibration, storage_totals
 from factorch.auto.config import AutoConfig, Target
 from factorch.calibrate.config import CalibrationConfig, as_calibration
 from factorch.config import MethodConfig, Plan
@@ -67,7 +67,7 @@ def compress(
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     calibrate = as_calibration(calibrate)
     if isinstance(config, (list, tuple)):
-        return _compress_sequence(
+        return compress_sequence(
             model, list(config), example_inputs=example_inputs, inplace=inplace, keep_edges=keep_edges,
             calib_data=calib_data, eval_fn=eval_fn, fold_bn=fold_bn, calibrate=calibrate,
         )  # fmt: skip
@@ -161,15 +161,6 @@ def calibrate_layers(
     note_calibration(report, result)
 
 
-def _compress_sequence(
-    model: nn.Module, configs: list[Any], *, example_inputs: Any, inplace: bool, eval_fn, **kwargs
-) -> tuple[nn.Module, CompressionReport]:
-    """Each config applied to the result of the previous ones; fraction targets stay relative to ``model``."""
-    if not configs:
-        raise ValueError("compress: the list of configs is empty")
-    return compress_sequence(model, configs, example_inputs=example_inputs, inplace=inplace, eval_fn=eval_fn, **kwargs)
-
-
 def _relative(config: Any, totals: dict[str, float]) -> Any:
     """``config`` with its fraction target rescaled from the original model to the current one."""
     from factorch.prune.config import ChannelPruneConfig
@@ -196,6 +187,8 @@ def compress_sequence(
     from factorch.profiling import profile
     from factorch.prune.config import ChannelPruneConfig
 
+    if not configs:
+        raise ValueError("compress: the list of configs is empty")
     inputs = as_inputs(example_inputs)
     if inputs is None:
         raise ValueError("compress with a list of configs needs example_inputs (targets are relative to the model)")
@@ -210,21 +203,18 @@ def compress_sequence(
         if stage_config is None:
             stages.append({"stage": i + 1, "config": _describe(config), "status": "target already met"})
             continue
+        own = inplace or work is not model  # never the caller's model unless inplace=True
         if isinstance(stage_config, AutoConfig) and i > 0:
-            work = _pruned_as_dense(work, inplace=inplace)
+            work = _pruned_as_dense(work, inplace=own)
         stage_kwargs = dict(kwargs)
         if isinstance(stage_config, ChannelPruneConfig):
             stage_kwargs["calibrate"] = None  # calibration refits the factorizing steps' layers
         if not _takes_calib_data(stage_config, stage_kwargs.get("calibrate")):
             stage_kwargs["calib_data"] = None
-        if not isinstance(stage_config, AutoConfig):
-            stage_eval = None
-        else:
-            stage_eval = eval_fn
+        stage_eval = eval_fn if isinstance(stage_config, AutoConfig) else None
         work, report = compress(
-            work, stage_config, example_inputs=inputs, inplace=inplace if i == 0 else True, eval_fn=stage_eval,
-            **stage_kwargs,
-        )  # fmt: skip
+            work, stage_config, example_inputs=inputs, inplace=own, eval_fn=stage_eval, **stage_kwargs
+        )
         p = profile(work, inputs)
         s = model_storage(work)
         ratios = {
@@ -246,23 +236,16 @@ def compress_sequence(
     if report is None:
         work = model if inplace else copy.deepcopy(model)
         report = CompressionReport()
-    t = report.totals
     p = profile(work, inputs)
-    s = model_storage(work)
-    t.update(
+    report.totals.update(
         params_before=base["params"],
         params_after=p.total_params,
         macs_before=base["macs"],
         macs_after=p.total_macs,
         params_ratio=p.total_params / base["params"],
         macs_ratio=p.total_macs / base["macs"],
-        nonzero_params_before=base["nonzero"],
-        nonzero_params_after=s["nonzero_params"],
-        nonzero_params_ratio=s["nonzero_params"] / base["nonzero"],
-        size_bytes_before=base_size,
-        size_bytes=s["size_bytes"],
-        size_ratio=s["size_bytes"] / base_size,
         scope="model",
+        **storage_totals(base["nonzero"], base_size, work),
     )
     report.stages = stages
     report.config = {"type": "sequence", "configs": [_describe(c) for c in configs]}
@@ -306,7 +289,3 @@ def compress_(model: nn.Module, config: ConfigLike | Sequence[ConfigLike], **kwa
     """In-place :func:`compress`; returns the report."""
     _, report = compress(model, config, inplace=True, **kwargs)
     return report
-
-
-# the names earlier releases exported from this module
-_as_inputs, _as_plan = as_inputs, as_plan

@@ -90,9 +90,6 @@ def compressed_row(name: str, layer: CompressedLayer, input_shape: tuple[int, ..
     return _fill_row(row, before, after)
 
 
-factorized_row = compressed_row  # the name earlier releases used
-
-
 def _weight_error(dense: nn.Module, layer: CompressedLayer) -> float:
     w = dense.weight.detach().double()
     with torch.no_grad():

@@ -352,6 +352,3 @@ def _subsample(xs: list[Tensor], ys: list[Tensor], keep: int) -> tuple[list[Tens
         out_y.append(y[: keep - n])
         n += out_x[-1].shape[0]
     return out_x, out_y
-
-
-_capture = capture  # the name earlier releases used

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from factorch.apply import PLAN_ATTR, dense_layer_cost, model_storage, storage_totals
+from factorch.auto.closed_loop import _copy_into as copy_into
 from factorch.calibrate.config import CalibrationConfig
 from factorch.calibrate.reconstruct import capture, execution_order, fit_linear_
 from factorch.data.calib import calibration_inputs
@@ -144,7 +145,7 @@ def _uniform_allocation(model: nn.Module, inputs: tuple, config: ChannelPruneCon
         raise ValueError(f"ChannelPruneConfig(allocation='uniform'): no channel share reaches {config.target}")
     pruned, result = found[1]
     if inplace:  # the structure changed: the caller's object becomes the pruned model
-        model.__dict__.update(pruned.__dict__)
+        copy_into(model, pruned)
         pruned = model
     return pruned, result
 
