@@ -1,9 +1,8 @@
-"""Candidates of the search: one per (layer, method, option), with its cost in every budget unit and its
-damage; the probe layers built for scoring, kept once per process."""
+"""Candidates of the search: one per (layer, method, option), with its cost in every budget unit (their damages
+live in :class:`~factorch.auto.scoring.ScoreTable`); the probe layers built for scoring, kept once per process."""
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -30,15 +29,13 @@ def _remember(key: str, module: nn.Module) -> None:
         total -= _module_bytes(dropped)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Candidate:
     method: str
     ranks: tuple[int, ...]
     params: int
     macs: int
-    damage: float = math.nan  # the score used by the solver (non-increasing in rank per method)
-    raw_damage: float = math.nan  # the score as measured
-    measured: bool = True  # False: damage interpolated between two scored neighbours
+    measured: bool = True  # False: a rank between two scored neighbours, its damage interpolated
     latency_s: float | None = None
     size: int = 0  # bytes stored compactly (Cost.size_bytes)
 

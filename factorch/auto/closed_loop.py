@@ -133,7 +133,7 @@ def auto_compress(
         report.totals["predicted_damage"] = predicted
         for row in report.layers:
             if row.skipped is None:
-                row.damage = choice[row.name].damage
+                row.damage = search.scores.damage(row.name, choice[row.name])
             elif row.name in search.skipped:
                 row.skipped = search.skipped[row.name]
             elif row.name in choice:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from factorch.auto.candidates import Candidate, _cost
+from factorch.auto.scoring import ScoreTable
 from factorch.auto.solvers import FILL, _choice_tag
 from factorch.layers import layer_class
 from factorch.progress import progress_bar
@@ -14,16 +15,21 @@ if TYPE_CHECKING:
 
 
 def polish(
-    search: AutoSearch, start: dict[str, Candidate | None], fraction: float, total: float, fixed: float
+    search: AutoSearch,
+    start: dict[str, Candidate | None],
+    fraction: float,
+    total: float,
+    fixed: float,
+    scores: ScoreTable,
 ) -> tuple[float, str, dict[str, Candidate | None]] | None:
     """Local search on the measured whole-network damage, from ``start``, at most ``cfg.polish`` choices
     tried: a move takes one layer one step dearer on its ladder of options (dense, then its
     candidates from the costliest down) and, unless the budget allows it as is, another layer as few steps
     cheaper as bring the choice within the budget; the first move that lowers the measured damage is kept,
-    until none does. Moves are tried in the order of their predicted change (the candidates' current
-    damages, in-context after refinement). Only choices within ``[FILL, 1] * budget`` (or dearer than the
-    current one) are considered. Returns ``(damage, "polished (n moves)", choice)``, or ``None`` if no
-    move helped.
+    until none does. Moves are tried in the order of their predicted change (the damages of ``scores``: the
+    single-layer table, or the in-context one of the last refinement round). Only choices within
+    ``[FILL, 1] * budget`` (or dearer than the current one) are considered. Returns
+    ``(damage, "polished (n moves)", choice)``, or ``None`` if no move helped.
 
     Summed per-layer damages, even re-scored in context, miss how the errors of many strongly compressed
     layers compound; measuring whole choices does not (see benchmarks/README.md, auto_budget).
@@ -33,7 +39,9 @@ def polish(
     for lc in search.layers:
         # measured candidates, and interpolated ranks of the methods whose layers are cheap to build
         options = [
-            c for c in lc.candidates if c.measured or getattr(layer_class(c.method, lc.layer), "cheap_to_build", True)
+            c
+            for c in scores.options[lc.name]
+            if c.measured or getattr(layer_class(c.method, lc.layer), "cheap_to_build", True)
         ]
         if (c := start[lc.name]) is not None and all(o.key != c.key for o in options):
             options.append(c)
@@ -42,9 +50,6 @@ def polish(
     def position(choice: dict[str, Candidate | None], name: str) -> int:
         c = choice[name]
         return 0 if c is None else next(i for i, o in enumerate(ladders[name]) if o is not None and o.key == c.key)
-
-    def damage_of(c: Candidate | None) -> float:
-        return 0.0 if c is None else c.damage
 
     current, value = dict(start), search._joint(start)
     # every choice tried counts against the cap, measured now or read from the table, so a repeat run (all
@@ -59,7 +64,7 @@ def polish(
                 if ib == 0:
                     continue
                 dearer = ladders[b][ib - 1]
-                gain = damage_of(dearer) - damage_of(current[b])
+                gain = scores.damage(b, dearer) - scores.damage(b, current[b])
                 for a in [None, *names]:  # a cheaper, by as few steps as fit the budget (None: as is)
                     cand = dict(current)
                     cand[b] = dearer
@@ -76,7 +81,7 @@ def polish(
                         if cand[a] is current[a]:  # a is at its cheapest already
                             continue
                     if cost <= limit and (cost >= low or cost >= spent) and _choice_tag(cand) not in tried:
-                        delta = gain + (0.0 if a is None else damage_of(cand[a]) - damage_of(current[a]))
+                        delta = gain + (0.0 if a is None else scores.damage(a, cand[a]) - scores.damage(a, current[a]))
                         moves.append((delta, len(moves), cand))
             moves.sort(key=lambda m: m[:2])
             improved = False

@@ -1,11 +1,12 @@
 """The analysis behind ``AutoConfig``: candidates per layer (:mod:`.candidates`), their damage scores
-(cached tables, :mod:`.sensitivity`), latency, and the proposals of the budget solvers (:mod:`.solvers`),
-polished by a local search (:mod:`.local_search`). :mod:`.closed_loop` builds and measures the choice."""
+(measured into cached tables by :mod:`.sensitivity`, settled into immutable score tables, :mod:`.scoring`),
+latency, and the proposals of the budget solvers (:mod:`.solvers`), polished by a local search
+(:mod:`.local_search`). :mod:`.closed_loop` builds and measures the choice."""
 
 from __future__ import annotations
 
 import copy
-import math
+import dataclasses
 import platform
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +29,7 @@ from factorch.auto.candidates import (
 )
 from factorch.auto.config import AutoConfig
 from factorch.auto.local_search import polish
+from factorch.auto.scoring import ScoreTable, monotone
 from factorch.auto.sensitivity import (
     SENSITIVITY_VERSION,
     TableCache,
@@ -91,6 +93,7 @@ class AutoSearch:
         self._fingerprints: dict[str, str] = {}
         self._damage_fn: Callable[..., float] | None = None
         self._table: TableCache | None = None
+        self._scores: ScoreTable | None = None
         self.fit_options = fit_options(cfg)
         self._enumerate()
 
@@ -213,28 +216,32 @@ class AutoSearch:
                     table.put(f"{lc.name}|{c.key}", damage(lc.layer, self._replacement(lc, c)))
                     advance()
             table.flush()
-        self._load_scores()
+        self._scores = None
 
-    def _load_scores(self) -> None:
-        """Single-layer scores from the table onto the measured candidates, then :meth:`_settle`."""
-        for lc in self.layers:
-            for c in lc.candidates:
-                if c.measured:
-                    c.raw_damage = float(self._table.get(f"{lc.name}|{c.key}"))
-        self._settle()
+    @property
+    def scores(self) -> ScoreTable:
+        """The single-layer score table: each candidate's damage with only its own layer replaced
+        (after :meth:`score`; follows the candidates :meth:`measure_candidates` keeps)."""
+        if self._scores is None:
+            if self._table is None:
+                raise RuntimeError("AutoSearch.scores before AutoSearch.score()")
+            self._scores = self._settle(lambda lc, c: float(self._table.get(f"{lc.name}|{c.key}")))
+        return self._scores
 
-    def _settle(self) -> None:
-        """Scores to solver damages: non-increasing in rank per method, then interpolated ranks added."""
+    def _settle(self, raw: Callable[[LayerChoices, Candidate], float]) -> ScoreTable:
+        """Measured scores (``raw``) to a table of solver damages: non-increasing in rank per method
+        (:func:`~factorch.auto.scoring.monotone`), then interpolated ranks added (not under a latency budget:
+        an interpolated rank is not timed)."""
+        options, damages = {}, {}
         for lc in self.layers:
-            lc.candidates = [c for c in lc.candidates if c.measured]
-            # more rank never hurts in expectation: a score above that of a smaller rank is noise
-            for method in {c.method for c in lc.candidates}:
-                lowest = math.inf
-                for c in sorted((c for c in lc.candidates if c.method == method), key=lambda c: (c.macs, c.params)):
-                    lowest = min(lowest, c.raw_damage)
-                    c.damage = lowest
-        if self.kind != "latency":
-            self._interpolate()
+            settled = monotone(lc.candidates, lambda c, lc=lc: raw(lc, c))
+            extra = [] if self.kind == "latency" else self._interpolated(lc, settled)
+            options[lc.name] = sorted(
+                [*lc.candidates, *(c for c, _ in extra)], key=lambda c: (c.method, c.macs, c.params)
+            )
+            damages.update({(lc.name, k): d for k, d in settled.items()})
+            damages.update({(lc.name, c.key): d for c, d in extra})
+        return ScoreTable.of(options, damages)
 
     def _joint(self, choice: dict[str, Candidate | None]) -> float:
         """The measured damage of ``choice`` with all its layers replaced at once (cached like the scores)."""
@@ -271,7 +278,7 @@ class AutoSearch:
         compression; measuring the whole choice on the calibration data settles it. Returns the proposal with
         the least measured damage and its predicted damage; ``self.stats["proposals"]`` lists them all.
         """
-        self._load_scores()  # a previous call's refinement left in-context damages on the candidates
+        scores = self.scores
         proposals = [("knapsack", *self.solve(fraction, total, fixed))]
         others = [("balanced", self.solve(fraction, total, fixed, power=2.0))]
         others.append(("minimax", self.solve_minimax(fraction, total, fixed)))
@@ -298,10 +305,7 @@ class AutoSearch:
             tag = _choice_tag(best[2])
             context = self._context(best[2])
             todo = [
-                (lc, c)
-                for lc in self.layers
-                for c in [None, *(c for c in lc.candidates if c.measured)]
-                if table.get(_ctx_key(tag, lc, c)) is None
+                (lc, c) for lc in self.layers for c in [None, *lc.candidates] if table.get(_ctx_key(tag, lc, c)) is None
             ]
             self.stats["refined"] = self.stats.get("refined", 0) + len(todo)
             if todo:
@@ -312,13 +316,11 @@ class AutoSearch:
                         table.put(_ctx_key(tag, lc, c), damage(lc.layer, replacement, context))
                         advance()
                 table.flush()
-            for lc in self.layers:
-                base = float(table.get(_ctx_key(tag, lc, None)))
-                for c in lc.candidates:
-                    if c.measured:
-                        c.raw_damage = max(0.0, float(table.get(_ctx_key(tag, lc, c))) - base)
-            self._settle()
-            choice, predicted = self.solve(fraction, total, fixed)
+            base = {lc.name: float(table.get(_ctx_key(tag, lc, None))) for lc in self.layers}
+            scores = self._settle(
+                lambda lc, c, tag=tag, base=base: max(0.0, float(table.get(_ctx_key(tag, lc, c))) - base[lc.name])
+            )
+            choice, predicted = self.solve(fraction, total, fixed, scores=scores)
             if self._total_cost(choice, fixed) < FILL * fraction * total:
                 break
             measured.append((self._joint(choice), f"refined {round_}", choice, predicted))
@@ -326,7 +328,7 @@ class AutoSearch:
                 break
             best = measured[-1]
         if self.cfg.polish:
-            polished = polish(self, best[2], fraction, total, fixed)
+            polished = polish(self, best[2], fraction, total, fixed, scores)
             if polished is not None:
                 best = (*polished, best[3])
                 measured.append(best)
@@ -337,51 +339,47 @@ class AutoSearch:
     def _polish(
         self, start: dict[str, Candidate | None], fraction: float, total: float, fixed: float
     ) -> tuple[float, str, dict[str, Candidate | None]] | None:
-        """:func:`factorch.auto.local_search.polish` of this analysis."""
-        return polish(self, start, fraction, total, fixed)
+        """:func:`factorch.auto.local_search.polish` of this analysis, on the single-layer scores."""
+        return polish(self, start, fraction, total, fixed, self.scores)
 
-    def _interpolate(self) -> None:
-        """Add ranks between scored neighbours (damage interpolated in cost) so budgets can be met closely.
+    def _interpolated(self, lc: LayerChoices, settled: dict[str, float]) -> list[tuple[Candidate, float]]:
+        """Ranks between scored neighbours, each with its damage interpolated in cost from ``settled``
+        (candidate key -> damage), so budgets can be met closely.
 
         Above the highest scored level the path continues towards full rank, where the exact methods (all
         but CP) reproduce the layer (damage 0), as long as the factorized layer stays smaller than dense.
         """
         step = self.cfg.round_to
-        for lc in self.layers:
-            extra = []
-            for method in {c.method for c in lc.candidates}:
-                problem, _ = self._problems[(lc.name, method)]
-                scored = [c for c in lc.candidates if c.method == method]
-                known = {c.ranks for c in scored}
-                anchors = list(scored)
-                if (
-                    getattr(layer_class(method, lc.layer), "exact_at_full_rank", True)
-                    and problem.max_ranks not in known
-                ):
-                    cost = self._option_cost(lc, method, problem.max_ranks)
-                    anchors.append(self._candidate(lc, method, problem.max_ranks, cost, damage=0.0))
-                for a, b in zip(anchors, anchors[1:]):
-                    gap = max(abs(rb - ra) for ra, rb in zip(a.ranks, b.ranks))
-                    n = min(gap - 1, _INTERPOLATED_MAX)
-                    for i in range(1, n + 1):
-                        t = i / (n + 1)
-                        ranks = tuple(round(ra + t * (rb - ra)) for ra, rb in zip(a.ranks, b.ranks))
-                        ranks = _round_ranks(ranks, problem.max_ranks, step)
-                        if ranks in known:
-                            continue
-                        known.add(ranks)
-                        full = self._option_cost(lc, method, ranks)
-                        if not _cheaper(self.kind, full, lc):
-                            continue
-                        ca, cb = _cost(self.kind, a), _cost(self.kind, b)
-                        c = self._candidate(lc, method, ranks, full, measured=False)
-                        cost = _cost(self.kind, c)
-                        if not ca < cost < cb:
-                            continue
-                        w = (cost - ca) / (cb - ca)
-                        c.damage = (1 - w) * a.damage + w * b.damage
-                        extra.append(c)
-            lc.candidates = sorted(lc.candidates + extra, key=lambda c: (c.method, c.macs, c.params))
+        extra: list[tuple[Candidate, float]] = []
+        for method in sorted({c.method for c in lc.candidates}):
+            problem, _ = self._problems[(lc.name, method)]
+            scored = sorted((c for c in lc.candidates if c.method == method), key=lambda c: (c.macs, c.params))
+            known = {c.ranks for c in scored}
+            anchors = [(c, settled[c.key]) for c in scored]
+            if getattr(layer_class(method, lc.layer), "exact_at_full_rank", True) and problem.max_ranks not in known:
+                cost = self._option_cost(lc, method, problem.max_ranks)
+                anchors.append((self._candidate(lc, method, problem.max_ranks, cost), 0.0))
+            for (a, da), (b, db) in zip(anchors, anchors[1:]):
+                gap = max(abs(rb - ra) for ra, rb in zip(a.ranks, b.ranks))
+                n = min(gap - 1, _INTERPOLATED_MAX)
+                for i in range(1, n + 1):
+                    t = i / (n + 1)
+                    ranks = tuple(round(ra + t * (rb - ra)) for ra, rb in zip(a.ranks, b.ranks))
+                    ranks = _round_ranks(ranks, problem.max_ranks, step)
+                    if ranks in known:
+                        continue
+                    known.add(ranks)
+                    full = self._option_cost(lc, method, ranks)
+                    if not _cheaper(self.kind, full, lc):
+                        continue
+                    ca, cb = _cost(self.kind, a), _cost(self.kind, b)
+                    c = self._candidate(lc, method, ranks, full, measured=False)
+                    cost = _cost(self.kind, c)
+                    if not ca < cost < cb:
+                        continue
+                    w = (cost - ca) / (cb - ca)
+                    extra.append((c, (1 - w) * da + w * db))
+        return extra
 
     # -- latency ----------------------------------------------------------------------------------------
     def measure_candidates(self) -> None:
@@ -427,19 +425,18 @@ class AutoSearch:
                     table.flush()
         table.flush()
         for lc in self.layers:
-            denses = []
-            for c in lc.candidates:
-                d, s = table.get(entry(lc, c))
-                denses.append(d)
-                c.latency_s = s
-            lc.dense_latency_s = sorted(denses)[len(denses) // 2]
-            for c in lc.candidates:  # express every candidate against the layer's one dense time
-                c.latency_s = c.latency_s / table.get(entry(lc, c))[0] * lc.dense_latency_s
+            pairs = [table.get(entry(lc, c)) for c in lc.candidates]
+            lc.dense_latency_s = sorted(d for d, _ in pairs)[len(pairs) // 2]
+            # every candidate expressed against the layer's one dense time
+            timed = [
+                dataclasses.replace(c, latency_s=s / d * lc.dense_latency_s) for c, (d, s) in zip(lc.candidates, pairs)
+            ]
             # never choose what is not measured faster than the dense layer
             lc.reasons += [
-                f"{c.key}: measured not faster than dense" for c in lc.candidates if c.latency_s >= lc.dense_latency_s
+                f"{c.key}: measured not faster than dense" for c in timed if c.latency_s >= lc.dense_latency_s
             ]
-            lc.candidates = [c for c in lc.candidates if c.latency_s < lc.dense_latency_s]
+            lc.candidates = [c for c in timed if c.latency_s < lc.dense_latency_s]
+        self._scores = None  # the table follows the candidates kept
 
     # -- solve ------------------------------------------------------------------------------------------
     def reference_total(self, model_latency_s: float | None = None) -> tuple[float, float]:
@@ -458,27 +455,33 @@ class AutoSearch:
         return (fixed + sum(cheapest)) / total
 
     def _options(
-        self, method: str | None = None
+        self, scores: ScoreTable, method: str | None = None
     ) -> tuple[list[list[Candidate | None]], list[list[float]], list[list[float]]]:
-        """Per layer: its options (``None`` = dense first, then the candidates of ``method`` or of all methods),
-        their costs and their damages."""
-        options = [[None, *(c for c in lc.candidates if method in (None, c.method))] for lc in self.layers]
+        """Per layer: its options in ``scores`` (``None`` = dense first, then the options of ``method`` or of
+        all methods), their costs and their damages."""
+        options = [[None, *(c for c in scores.options[lc.name] if method in (None, c.method))] for lc in self.layers]
         costs = [
             [_dense_cost(self.kind, lc)] + [_cost(self.kind, c) for c in o[1:]] for lc, o in zip(self.layers, options)
         ]
-        damages = [[0.0] + [c.damage for c in o[1:]] for o in options]
+        damages = [[scores.damage(lc.name, c) for c in o] for lc, o in zip(self.layers, options)]
         return options, costs, damages
 
     def solve(
-        self, fraction: float, total: float, fixed: float, power: float = 1.0, method: str | None = None
+        self,
+        fraction: float,
+        total: float,
+        fixed: float,
+        power: float = 1.0,
+        method: str | None = None,
+        scores: ScoreTable | None = None,
     ) -> tuple[dict[str, Candidate | None], float]:
         """The least-damage choice whose total cost is at most ``fraction * total``; returns it and its
         predicted damage (the plain sum). ``power`` > 1 minimises the sum of ``damage ** power`` instead, which
         spreads the damage more evenly over the layers (between the sum and :meth:`solve_minimax`);
-        ``method`` restricts the choice to that method's candidates. Raises ``ValueError`` when the target is
-        out of reach."""
+        ``method`` restricts the choice to that method's candidates; ``scores``: the table to read (default the
+        single-layer :attr:`scores`). Raises ``ValueError`` when the target is out of reach."""
         budget = fraction * total - fixed
-        options, costs, damages = self._options(method)
+        options, costs, damages = self._options(self.scores if scores is None else scores, method)
         floor = self.floor(total, fixed) * total
         weighted = damages if power == 1.0 else [[d**power for d in dmg] for dmg in damages]
         if budget < 0 or (picks := solve_mckp(costs, weighted, budget)) is None:
@@ -491,7 +494,7 @@ class AutoSearch:
         return choice, sum(damages[g][o] for g, o in enumerate(picks))
 
     def solve_minimax(
-        self, fraction: float, total: float, fixed: float
+        self, fraction: float, total: float, fixed: float, scores: ScoreTable | None = None
     ) -> tuple[dict[str, Candidate | None], float] | None:
         """The choice that keeps the largest single-layer damage least within the budget (the smallest threshold
         such that every layer's cheapest option with at most that damage fits), and, among the options within
@@ -500,7 +503,7 @@ class AutoSearch:
         per-layer error). ``None`` if out of reach.
         """
         budget = fraction * total - fixed
-        options, costs, damages = self._options()
+        options, costs, damages = self._options(self.scores if scores is None else scores)
 
         def picks_at(tau: float) -> list[int]:
             return [
@@ -531,14 +534,15 @@ class AutoSearch:
         return choice, sum(damages[g][o] for g, o in enumerate(picks))
 
     def solve_uniform(
-        self, fraction: float, total: float, fixed: float, method: str
+        self, fraction: float, total: float, fixed: float, method: str, scores: ScoreTable | None = None
     ) -> tuple[dict[str, Candidate | None], float] | None:
         """Uniform compression with ``method`` among the candidates: every layer at about one per-layer cost
         ratio ``r`` (its costliest candidate within ``r`` times its dense cost, else its cheapest), the largest
         ``r`` that fits the budget (bisection). Layers without a candidate of ``method`` stay dense, as
         :func:`~factorch.auto.uniform_compress` leaves them. ``None`` if out of reach."""
+        scores = self.scores if scores is None else scores
         per_layer = [
-            (lc, sorted((c for c in lc.candidates if c.method == method), key=lambda c: _cost(self.kind, c)))
+            (lc, sorted((c for c in scores.options[lc.name] if c.method == method), key=lambda c: _cost(self.kind, c)))
             for lc in self.layers
         ]
 
@@ -553,7 +557,7 @@ class AutoSearch:
             return None
         found = largest_feasible(choice_at, lambda c: self._total_cost(c, fixed) <= fraction * total, steps=30)
         choice = found[1] if found else choice_at(0.0)
-        return choice, sum(c.damage for c in choice.values() if c is not None)
+        return choice, scores.total(choice)
 
     def plan(self, choice: dict[str, Candidate | None]) -> Plan:
         """The per-layer configs of ``choice``, with the decomposition options its candidates were scored with."""

@@ -11,6 +11,7 @@ from factorch.auto import AutoConfig, uniform_compress
 from factorch.auto import candidates as candidates_mod
 from factorch.auto import closed_loop as closed_loop_mod
 from factorch.auto import search as search_mod
+from factorch.auto.scoring import ScoreTable
 from factorch.auto.sweep import pareto_front
 from factorch.layers.spatial import SpatialSVDConv2d
 
@@ -139,13 +140,17 @@ def test_solver_prefers_the_layer_that_matters_less():
     _, base = factorch.compress(model, AutoConfig("macs=0.5", **FAST), example_inputs=X, calib_data=calib())
     search = search_mod.AutoSearch(model, AutoConfig("macs=0.5", **FAST), (X,), calib(), None)
     search.score()
+    single = search.scores
+    damages = dict(single.damages)
     for lc in search.layers:
         if lc.name == "5":  # a large damage that falls with the MACs kept (a random net's KLs are at noise level)
-            for c in lc.candidates:
-                c.damage = 1e3 * (1 - c.macs / lc.dense_macs)
+            damages.update({("5", c.key): 1e3 * (1 - c.macs / lc.dense_macs) for c in single.options["5"]})
     total, fixed = search.reference_total()
-    choice, _ = search.solve(0.5, total, fixed)
+    plain = search.solve(0.5, total, fixed)
+    choice, _ = search.solve(0.5, total, fixed, scores=ScoreTable.of(single.options, damages))
     assert choice["5"] is None or choice["5"].macs >= max(c.macs for c in search.layers[1].candidates) * 0.5
+    # a table of its own: the search's single-layer scores are untouched, its answer the same as before
+    assert search.scores is single and search.solve(0.5, total, fixed) == plain
 
 
 def test_auto_beats_uniform_on_the_proxy():
@@ -460,7 +465,7 @@ def test_minimax_choice_bounds_the_largest_damage_and_choose_measures_every_prop
         return fixed + sum(c.macs if c else lc.dense_macs for lc in search.layers for c in [choice[lc.name]])
 
     def worst(choice):
-        return max(c.damage if c else 0.0 for c in choice.values())
+        return max(search.scores.damage(name, c) for name, c in choice.items())
 
     assert cost(mini) <= 0.4 * total and worst(mini) <= worst(knap) + 1e-15
     assert search.solve_minimax(0.01, total, fixed) is None  # out of reach
@@ -504,14 +509,15 @@ def test_uniform_proposal_gives_every_layer_one_cost_ratio(method):
     choice, predicted = search.solve_uniform(0.4, total, fixed, method)
     used = fixed + sum(c.macs if c else lc.dense_macs for lc in search.layers for c in [choice[lc.name]])
     assert 0.85 * 0.4 * total <= used <= 0.4 * total
-    mine = [lc for lc in search.layers if any(c.method == method for c in lc.candidates)]
+    options = search.scores.options
+    mine = [lc for lc in search.layers if any(c.method == method for c in options[lc.name])]
     assert mine and all(choice[lc.name] is not None and choice[lc.name].method == method for lc in mine)
     assert all(choice[lc.name] is None for lc in search.layers if lc not in mine)
     ratio = max(choice[lc.name].macs / lc.dense_macs for lc in mine)
     for lc in mine:
-        within = [c for c in lc.candidates if c.method == method and c.macs / lc.dense_macs <= ratio]
+        within = [c for c in options[lc.name] if c.method == method and c.macs / lc.dense_macs <= ratio]
         assert choice[lc.name].macs == max(c.macs for c in within)
-    assert predicted == pytest.approx(sum(c.damage for c in choice.values() if c))
+    assert predicted == pytest.approx(search.scores.total(choice))
     assert search.solve_uniform(0.01, total, fixed, method) is None  # out of reach
 
 
@@ -607,7 +613,8 @@ def test_polish_moves_the_budget_to_where_the_measured_damage_falls():
     # (with this damage, every costlier one that fits would help)
     assert search.stats["polished"]["tried"] < 200
     for lc in search.layers:
-        ladder = [None, *sorted((o for o in lc.candidates if o.measured or o.method != "cp"), key=lambda o: -o.macs)]
+        options = search.scores.options[lc.name]
+        ladder = [None, *sorted((o for o in options if o.measured or o.method != "cp"), key=lambda o: -o.macs)]
         keys = [None if o is None else o.key for o in ladder]
         at = keys.index(None if choice[lc.name] is None else choice[lc.name].key)
         if at > 0 and ladder[at - 1].macs > choice[lc.name].macs:  # (an equal-cost option of another method: no gain)

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from factorch.auto.scoring import ScoreTable, monotone
 from factorch.auto.search import AutoSearch, Candidate, LayerChoices, _spend_leftover
 from factorch.rank.knapsack import solve_mckp
 
@@ -63,11 +64,12 @@ def search_over(kind: str, layers: list[tuple[float, list[tuple[float, float]]]]
     search = object.__new__(AutoSearch)
     search.kind = kind
     search.layers = []
+    damages = {}
     for i, (dense, options) in enumerate(layers):
         candidates = [
-            Candidate("svd", (r + 1,), params=int(cost), macs=int(cost), damage=damage)
-            for r, (cost, damage) in enumerate(options)
+            Candidate("svd", (r + 1,), params=int(cost), macs=int(cost)) for r, (cost, _) in enumerate(options)
         ]
+        damages.update({(f"l{i}", c.key): d for c, (_, d) in zip(candidates, options)})
         search.layers.append(
             LayerChoices(
                 name=f"l{i}",
@@ -80,6 +82,7 @@ def search_over(kind: str, layers: list[tuple[float, list[tuple[float, float]]]]
                 candidates=candidates,
             )
         )
+    search._scores = ScoreTable.of({lc.name: lc.candidates for lc in search.layers}, damages)
     return search
 
 
@@ -114,7 +117,7 @@ def test_solve_meets_the_budget_after_the_fixed_cost_with_least_damage(kind, lay
     )
     assert spent <= fraction * dense_total
     assert predicted == pytest.approx(best, abs=1e-9)
-    assert predicted == pytest.approx(sum(c.damage for c in choice.values() if c is not None), abs=1e-9)
+    assert predicted == pytest.approx(search.scores.total(choice), abs=1e-9)
 
 
 def test_solve_picks_the_cheap_layer_to_compress_and_keeps_fixed_costs_out_of_the_budget():
@@ -127,3 +130,23 @@ def test_solve_picks_the_cheap_layer_to_compress_and_keeps_fixed_costs_out_of_th
     with pytest.raises(ValueError, match="out of reach"):
         search.solve(0.5, 30.0, 10.0)  # 5 left, the smallest choice costs 8
     assert solve_mckp([[10, 4], [10, 4]], [[0, 1], [0, 5]], 8) == [1, 1]
+
+
+def test_score_tables_are_read_only_and_complete():
+    a, b = Candidate("svd", (1,), 4, 4), Candidate("svd", (2,), 8, 8)
+    table = ScoreTable.of({"l0": [a, b]}, {("l0", a.key): 2.0, ("l0", b.key): 0.5})
+    assert table.damage("l0", None) == 0.0 and table.total({"l0": b}) == 0.5
+    with pytest.raises(TypeError):
+        table.damages[("l0", a.key)] = 0.0
+    with pytest.raises(AttributeError):
+        table.options = {}
+    with pytest.raises(ValueError, match="no damage"):
+        ScoreTable.of({"l0": [a, b]}, {("l0", a.key): 2.0})
+
+
+def test_monotone_damages_never_rise_with_cost_per_method():
+    cands = [Candidate(m, (r,), params=r, macs=r) for m in ("svd", "cp") for r in (1, 2, 3)]
+    raw = {"svd|1": 5.0, "svd|2": 6.0, "svd|3": 1.0, "cp|1": 3.0, "cp|2": 1.0, "cp|3": 2.0}
+    out = monotone(cands, lambda c: raw[c.key])
+    # a score above a cheaper one is noise: it takes the cheaper one's; methods are settled apart
+    assert out == {"svd|1": 5.0, "svd|2": 5.0, "svd|3": 1.0, "cp|1": 3.0, "cp|2": 1.0, "cp|3": 1.0}
