@@ -209,6 +209,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["l1", "bn-scale", "activation"],
         help="structured: how channels are ranked (filter L1 norm, BatchNorm scale, feature-map magnitude)",
     )
+    p.add_argument(
+        "--allocation",
+        default="auto",
+        choices=["auto", "global", "uniform"],
+        help="structured: channels ranked across the network, the same share from every layer, or whichever of "
+        "the two keeps the outputs closest to the unpruned model's on the calibration images",
+    )
     p.add_argument("--steps", type=int, default=1, metavar="K", help="prune in K steps, fine-tuning after each")
     p.add_argument(
         "--schedule", default="polynomial", choices=["polynomial", "linear"], help="sparsity steps (Zhu & Gupta / Han)"
@@ -497,7 +504,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if args.sparsity is not None:
         config = factorch.PruneConfig(sparsity=args.sparsity, scope=args.scope)
     else:
-        config = factorch.ChannelPruneConfig(args.target, criterion=args.criterion)
+        config = factorch.ChannelPruneConfig(args.target, criterion=args.criterion, allocation=args.allocation)
     if args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
     epochs = args.finetune_epochs if args.finetune_epochs is not None else (1 if args.steps > 1 else 0)
@@ -506,7 +513,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     calib, calibrate = None, None
     structured = isinstance(config, factorch.ChannelPruneConfig)
-    if structured and (config.criterion == "activation" or args.calibrate):
+    if structured and (config.criterion == "activation" or config.allocation == "auto" or args.calibrate):
         calib = _calibration(args, max(args.calib, args.calibrate))
     if structured and args.calibrate:
         calibrate = factorch.CalibrationConfig(n_samples=args.calibrate)
@@ -529,8 +536,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
             lr=args.finetune_lr,
             seed=args.seed,
             schedule=args.schedule,
+            calibrate=calibrate,
         )
     report.totals["compress_time_s"] = round(time.perf_counter() - t0, 2)
+    if (chosen := report.totals.get("allocation")) is not None:
+        why = chosen.get("why") or ", ".join(f"{a} {d:.4g}" for a, d in chosen["damage"].items()) + " (output KL)"
+        console.print(f"channel allocation: {chosen['allocation']} ({why})")
     if test is not None:
         before = evaluate(model, test, description="evaluate dense")
         after = evaluate(pruned, test, description="evaluate pruned")

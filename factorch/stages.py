@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from factorch.api import compress
 from factorch.apply import as_inputs, as_plan, compressed_row, edge_layers
 from factorch.auto.config import AutoConfig, Target
+from factorch.calibrate.config import CalibrationConfig
 from factorch.config import MethodConfig, Plan, PruneConfig
 from factorch.layers import CompressedLayer, PrunedLayer
 from factorch.layers.base import layer_geometry
@@ -187,14 +188,16 @@ def _channel_stage(
     inputs: tuple,
     original: dict[str, int],
     calib: Any,
+    calibrate: CalibrationConfig | None,
 ) -> tuple[nn.Module, CompressionReport, bool]:
-    """Structured pruning of the current model to ``fraction`` of the original model's MACs / parameters."""
+    """Structured pruning of the current model to ``fraction`` of the original model's MACs / parameters;
+    with ``calibrate``, the layers that lost inputs are refitted to the current model's responses."""
     kind = config.parsed_target.kind
     goal = fraction * original[kind] / max(1, _totals(current, inputs)[kind])
     if goal >= 1.0:
         return copy.deepcopy(current), compress(current, Plan({}), example_inputs=inputs)[1], False
     stage_config = dataclasses.replace(config, target=f"{kind}={goal!r}")
-    built, report = compress(current, stage_config, example_inputs=inputs, calib_data=calib)
+    built, report = compress(current, stage_config, example_inputs=inputs, calib_data=calib, calibrate=calibrate)
     return built, report, True
 
 
@@ -241,6 +244,7 @@ def compress_in_stages(
     inplace: bool = False,
     show_progress: bool = True,
     on_stage_end: Callable[[int, dict[str, Any]], None] | None = None,
+    calibrate: CalibrationConfig | None = None,
 ) -> tuple[nn.Module, CompressionReport]:
     """Compress ``model`` in ``stages`` steps, fine-tuning with distillation from the original after each.
 
@@ -298,6 +302,9 @@ def compress_in_stages(
         inplace: make ``model`` itself the result.
         show_progress: progress bars for the stages and the fine-tuning epochs.
         on_stage_end: called with ``(stage, record)`` after each stage's checkpoint is written.
+        calibrate: for a :class:`~factorch.ChannelPruneConfig`: in every stage, the layers that lost input
+            channels are refitted (least squares on ``calib_data``, no labels) to the responses of the model the
+            stage started from, before its fine-tuning (see :func:`factorch.compress`).
 
     Returns:
         ``(model, report)``: the last accepted stage's model (eval mode) and its report, with whole-model totals
@@ -335,6 +342,11 @@ def compress_in_stages(
         raise ValueError("resume=True needs checkpoint_dir (where the stages were saved)")
 
     channel, given = None, config
+    if calibrate is not None and not isinstance(config, ChannelPruneConfig):
+        raise ValueError(
+            "calibrate=... in compress_in_stages refits structurally pruned layers (a ChannelPruneConfig); "
+            "a method config carries its own calibrate=CalibrationConfig(...)"
+        )
     if isinstance(config, ChannelPruneConfig):
         if target is not None:
             raise ValueError(f"target={target!r}: a ChannelPruneConfig carries its own target ({config.target!r})")
@@ -403,6 +415,7 @@ def compress_in_stages(
             "weight_decay": weight_decay,
             "seed": seed,
             "schedule": schedule,
+            "calibrate": None if calibrate is None else calibrate.to_dict(),
         }
     )
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
@@ -458,7 +471,7 @@ def compress_in_stages(
             if channel is not None:
                 label = f"{channel.parsed_target.kind}={fraction:.4g}"
                 work, stage_report, changed = _channel_stage(
-                    current, channel, fraction, inputs=inputs, original=original, calib=calib
+                    current, channel, fraction, inputs=inputs, original=original, calib=calib, calibrate=calibrate
                 )
             elif auto is not None:
                 label = f"{auto.parsed_target.kind}={fraction:.4g}"

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from factorch.apply import PLAN_ATTR, dense_layer_cost, model_storage, storage_totals
 from factorch.auto.closed_loop import _copy_into as copy_into
+from factorch.auto.sensitivity import OutputScorer, model_outputs
 from factorch.calibrate.config import CalibrationConfig
 from factorch.calibrate.reconstruct import capture, execution_order, fit_linear_
 from factorch.data.calib import calibration_inputs
@@ -61,15 +62,34 @@ def channel_prune(
         min_channels=config.min_channels,
         round_to=config.round_to,
     )
-    if config.allocation == "global":
-        pruned, result = prune_channels(model, inputs, target=config.target, inplace=inplace, **options)
+
+    def allocate(allocation: str, inplace: bool):
+        if allocation == "global":
+            pruned, result = prune_channels(model, inputs, target=config.target, inplace=inplace, **options)
+        else:
+            pruned, result = _uniform_allocation(model, inputs, config, inplace=inplace, **options)
+        reconstruction = None
+        if calibrate is not None:
+            reconstruction = reconstruct_inputs_(
+                pruned, dense, result.record, calibration_inputs(calib_data, calibrate.n_samples), calibrate
+            )
+        return pruned, result, reconstruction
+
+    chosen = None
+    if config.allocation != "auto":
+        pruned, result, reconstruction = allocate(config.allocation, inplace)
+    elif calib is None:
+        pruned, result, reconstruction = allocate("global", inplace)
+        chosen = {"allocation": "global", "why": "no calib_data to compare the allocations on"}
     else:
-        pruned, result = _uniform_allocation(model, inputs, config, inplace=inplace, **options)
-    reconstruction = None
-    if calibrate is not None:
-        reconstruction = reconstruct_inputs_(
-            pruned, dense, result.record, calibration_inputs(calib_data, calibrate.n_samples), calibrate
-        )
+        built = {a: allocate(a, False) for a in ("global", "uniform")}
+        damage = dict(zip(built, _output_damages(model, [b[0] for b in built.values()], calib)))
+        best = min(damage, key=damage.get)
+        chosen = {"allocation": best, "damage": damage}
+        pruned, result, reconstruction = built[best]
+        if inplace:  # the structure changed: the caller's object becomes the pruned model
+            copy_into(model, pruned)
+            pruned = model
     earlier = getattr(model, PLAN_ATTR, None) or {}
     extra = {"folded_bn": list(earlier.get("folded_bn", [])), "channels": [*earlier.get("channels", []), result.record]}
     folded = fold_batchnorms(pruned, conv_bn_pairs(pruned)) if fold_bn else []
@@ -77,6 +97,8 @@ def channel_prune(
     setattr(pruned, PLAN_ATTR, extra)
     report = _report(model, pruned, config, result, inputs, before_store)
     report.totals["folded_bn"] = [list(p) for p in folded]
+    if chosen is not None:
+        report.totals["allocation"] = chosen
     if reconstruction is not None:
         report.totals["reconstruction"] = reconstruction
         for row in report.layers:
@@ -127,6 +149,20 @@ def reconstruct_inputs_(
         for m, flag in flags.items():
             m.train(flag)
     return {"n_samples": int(inputs.shape[0]), "seconds": round(time.perf_counter() - t0, 2), "layers": done}
+
+
+def _output_damages(reference: nn.Module, models: list[nn.Module], inputs: Tensor) -> list[float]:
+    """Each model's damage against ``reference`` on ``inputs``: the mean KL divergence of their softmax
+    outputs (the search's label-free proxy of accuracy lost; relative squared error for other outputs)."""
+    flags = {m: m.training for m in (reference, *models)}
+    try:
+        for m in flags:
+            m.eval()
+        scorer = OutputScorer(model_outputs(reference, inputs), "kl")
+        return [scorer(model_outputs(m, inputs)) for m in models]
+    finally:
+        for m, flag in flags.items():
+            m.train(flag)
 
 
 def _uniform_allocation(model: nn.Module, inputs: tuple, config: ChannelPruneConfig, *, inplace: bool, **options):

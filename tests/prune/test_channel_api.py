@@ -130,3 +130,56 @@ def test_uniform_allocation_removes_the_same_share_everywhere():
     assert len(shares) <= 2  # one share, up to rounding to whole channels
     with pytest.raises(ValueError, match="allocation"):
         factorch.ChannelPruneConfig(allocation="greedy")
+
+
+def test_auto_allocation_keeps_the_allocation_whose_outputs_stay_closest():
+    """Both allocations built; the kept one is the model compress gives for that allocation, and its measured
+    KL to the unpruned outputs is the lower; without calib_data, global."""
+    from factorch.auto.sensitivity import OutputScorer, model_outputs
+
+    calib = torch.randn(32, 1, 28, 28, generator=torch.Generator().manual_seed(3))
+    model = small_resnet()
+    out, report = factorch.compress(model, factorch.ChannelPruneConfig("macs=0.5"), example_inputs=X, calib_data=calib)
+    chosen = report.totals["allocation"]
+    scorer = OutputScorer(model_outputs(model, calib), "kl")
+    for allocation in ("global", "uniform"):
+        cfg = factorch.ChannelPruneConfig("macs=0.5", allocation=allocation)
+        alone, _ = factorch.compress(model, cfg, example_inputs=X, calib_data=calib)
+        assert chosen["damage"][allocation] == pytest.approx(scorer(model_outputs(alone, calib)), rel=1e-9)
+        if allocation == chosen["allocation"]:
+            torch.testing.assert_close(alone(calib), out(calib), rtol=0, atol=0)
+    assert chosen["damage"][chosen["allocation"]] == min(chosen["damage"].values())
+    assert len(set(chosen["damage"].values())) == 2  # two different models were compared
+    mine = small_resnet()
+    same, _ = factorch.compress(mine, factorch.ChannelPruneConfig("macs=0.5"), example_inputs=X, calib_data=calib,
+                                inplace=True)  # fmt: skip
+    assert same is mine
+    torch.testing.assert_close(same(calib), out(calib), rtol=0, atol=0)
+    _, plain = factorch.compress(model, factorch.ChannelPruneConfig("macs=0.5"), example_inputs=X)
+    assert plain.totals["allocation"]["allocation"] == "global"
+
+
+def test_structured_stages_refit_every_stage_to_the_model_it_started_from(tmp_path, monkeypatch):
+    """compress_in_stages(calibrate=...): each stage's pruned layers are refitted, against that stage's
+    starting model (not the original), before its fine-tuning."""
+    import factorch.prune.apply as apply_mod
+
+    data = torch.utils.data.TensorDataset(torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,)))
+    refits, real = [], apply_mod.reconstruct_inputs_
+
+    def spy(pruned, dense, record, inputs, settings):
+        refits.append(sum(p.numel() for p in dense.parameters()))
+        return real(pruned, dense, record, inputs, settings)
+
+    monkeypatch.setattr(apply_mod, "reconstruct_inputs_", spy)
+    model = small_resnet()
+    cfg = factorch.ChannelPruneConfig("macs=0.5", allocation="global")
+    factorch.compress_in_stages(
+        model, cfg, stages=2, train_data=data, example_inputs=X, finetune_epochs=1, batch_size=8,
+        show_progress=False, calibrate=factorch.CalibrationConfig(n_samples=16, progress=False),
+    )  # fmt: skip
+    dense = sum(p.numel() for p in model.parameters())
+    assert len(refits) == 2 and refits[0] == dense and refits[1] < dense  # stage 2 refits to stage 1's model
+    with pytest.raises(ValueError, match="calibrate"):
+        factorch.compress_in_stages(model, factorch.PruneConfig(sparsity=0.5), stages=1, train_data=data,
+                                    example_inputs=X, calibrate=factorch.CalibrationConfig())  # fmt: skip
