@@ -13,11 +13,14 @@ Rows (``--rows``, comma-separated families):
   .global_unstructured`` (L1) at the same step sparsities on the same layers (first conv and classifier dense
   in both), fine-tuned with the same recipe (the mask held by torch's pre-hook).
 * ``structured``: channels removed to ``macs=0.5``, one shot, ``--epochs-structured`` epochs. factorch:
-  ``ChannelPruneConfig("macs=0.5", criterion="l1")``; peer: Torch-Pruning's ``BasePruner`` with
+  ``ChannelPruneConfig("macs=0.5", criterion="l1", round_to=--round-to)`` (allocation ``auto``: global or
+  uniform, whichever keeps the outputs closest on the calibration images), refitted on 1024 images; peer:
+  Torch-Pruning's ``BasePruner`` with
   ``GroupMagnitudeImportance(p=1)`` (as its docs say), the final classifier ignored, its channel
   ``pruning_ratio`` bisected to the same MACs; batch-64 latency (eager torch, 2 threads) against dense.
 * ``combined``: at ``macs=0.2``, ``--epochs-combined`` epochs: AutoConfig alone, ChannelPruneConfig alone, and
-  ``[ChannelPruneConfig("macs=0.5"), AutoConfig("macs=0.2")]`` (targets relative to the dense model).
+  channels to ``macs=--combined-channels`` then AutoConfig to ``macs=0.2`` (targets relative to the dense
+  model).
 * ``spread``: the factorch structured row again with fine-tuning seeds 1 and 2 (the seed-to-seed spread).
 
 Run from the repository root::
@@ -126,14 +129,19 @@ def torch_unstructured(dense, train, sparsity, steps, epochs, key):
 
 
 # -- structured --------------------------------------------------------------------------------------------
-def factorch_structured(dense, target, calib, allocation="global"):
-    """Filters ranked by L1 norm (globally, or the same share in every layer); then each layer that lost inputs
-    refitted to the dense responses on 1024 training images (``calibrate=``, least squares, no labels)."""
+def factorch_structured(dense, target, calib, allocation="auto", round_to=1):
+    """Filters ranked by L1 norm (globally, or the same share in every layer, or whichever of the two keeps the
+    outputs closest on the calibration images: the default); then each layer that lost inputs refitted to the
+    dense responses on 1024 training images (``calibrate=``, least squares, no labels)."""
+    cfg = factorch.ChannelPruneConfig(target, allocation=allocation, round_to=round_to)
     model, report = factorch.compress(
-        dense, factorch.ChannelPruneConfig(target, allocation=allocation), example_inputs=X, calib_data=calib,
+        dense, cfg, example_inputs=X, calib_data=calib,
         calibrate=factorch.CalibrationConfig(n_samples=1024, progress=False),
     )  # fmt: skip
-    return model, {"reconstruction_s": report.totals["reconstruction"]["seconds"]}
+    extra = {"reconstruction_s": report.totals["reconstruction"]["seconds"], "round_to": round_to}
+    if "allocation" in report.totals:
+        extra["allocation"] = report.totals["allocation"]
+    return model, extra
 
 
 def tp_structured(dense, target):
@@ -171,14 +179,14 @@ def auto(target: str) -> factorch.AutoConfig:
     return factorch.AutoConfig(target)
 
 
-def combined(dense, kind, calib):
+def combined(dense, kind, calib, first=0.5, round_to=1):
     if kind == "factorization":
         return factorch.compress(dense, auto("macs=0.2"), example_inputs=X, calib_data=calib)[0], {}
     if kind == "channels":
-        return factorch_structured(dense, "macs=0.2", calib)
-    pruned, _ = factorch_structured(dense, "macs=0.5", calib)
+        return factorch_structured(dense, "macs=0.2", calib, round_to=round_to)
+    pruned, extra = factorch_structured(dense, f"macs={first:g}", calib, round_to=round_to)
     return factorch.compress(pruned, auto(f"macs={0.2 / profile_ratio(pruned, dense):.6g}"), example_inputs=X,
-                             calib_data=calib)[0], {}  # fmt: skip
+                             calib_data=calib)[0], extra  # fmt: skip
 
 
 def profile_ratio(model: nn.Module, dense: nn.Module) -> float:
@@ -197,6 +205,8 @@ def main() -> None:
     parser.add_argument("--epochs-structured", type=int, default=1)
     parser.add_argument("--epochs-combined", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--round-to", type=int, default=1, help="structured rows: channel counts kept at multiples")
+    parser.add_argument("--combined-channels", type=float, default=0.5, help="combined: MACs left by the channel step")
     parser.add_argument("--force", action="store_true")
     parser.add_argument("--results", default="pruning", help="name of the results files (runs can run side by side)")
     parser.add_argument(
@@ -235,6 +245,7 @@ def main() -> None:
         res = out["models"].setdefault(name, {"dense_accuracy": acc(dense), "rows": {}})
         print(f"== {name}: dense {res['dense_accuracy']} %", flush=True)
         s = SPARSITY[name]
+        suffix = f" round_to {args.round_to}" if args.round_to > 1 else ""
         plan = []
         if "unstructured" in rows:
             e, k = args.epochs_unstructured, args.steps
@@ -246,8 +257,8 @@ def main() -> None:
                              k, e, f"{name}-u-torch"), 0))  # fmt: skip
         if "structured" in rows:
             if "factorch" in tools:
-                plan.append(("structured macs=0.5 factorch", lambda: factorch_structured(dense, "macs=0.5", calib),
-                             args.epochs_structured))  # fmt: skip
+                plan.append((f"structured macs=0.5 factorch{suffix}", lambda: factorch_structured(dense, "macs=0.5",
+                             calib, round_to=args.round_to), args.epochs_structured))  # fmt: skip
             if "uniform" in tools:
                 uniform = lambda: factorch_structured(dense, "macs=0.5", calib, "uniform")  # noqa: E731
                 plan.append(("structured macs=0.5 factorch uniform", uniform, args.epochs_structured))
@@ -256,11 +267,16 @@ def main() -> None:
                              args.epochs_structured))  # fmt: skip
         if "spread" in rows:
             for seed in (1, 2):
-                row = f"structured macs=0.5 factorch seed {seed}"
-                plan.append((row, lambda: factorch_structured(dense, "macs=0.5", calib), args.epochs_structured))
+                row = f"structured macs=0.5 factorch{suffix} seed {seed}"
+                plan.append((row, lambda: factorch_structured(dense, "macs=0.5", calib, round_to=args.round_to),
+                             args.epochs_structured))  # fmt: skip
         if "combined" in rows:
+            first = args.combined_channels
             for kind in ("factorization", "channels", "channels+factorization"):
-                plan.append((f"combined macs=0.2 {kind}", lambda kind=kind: combined(dense, kind, calib),
+                row = f"combined macs=0.2 {kind}"
+                row += f" (channels to {first:g})" if kind.startswith("channels+") else ""
+                row += suffix if kind != "factorization" else ""
+                plan.append((row, lambda kind=kind: combined(dense, kind, calib, first, args.round_to),
                              args.epochs_combined))  # fmt: skip
         for row, build, epochs in plan:
             if row in res["rows"] and not args.force and res["rows"][row].get("commit") == out["setup"]["commit"]:
@@ -287,22 +303,26 @@ def main() -> None:
 
 
 def retime(out: dict, models: list[str]) -> None:
+    def channels(target):  # the row's structure again: its allocation and rounding (weights do not matter)
+        def build(d, r):
+            allocation = r.get("allocation", {}).get("allocation", "global")
+            cfg = factorch.ChannelPruneConfig(target, allocation=allocation, round_to=r.get("round_to", 1))
+            return factorch.compress(d, cfg, example_inputs=X)[0]
+
+        return build
+
     builders = {
-        "structured macs=0.5 factorch": lambda d: factorch.compress(
-            d, factorch.ChannelPruneConfig("macs=0.5"), example_inputs=X
-        )[0],
-        "structured macs=0.5 Torch-Pruning": lambda d: tp_structured(d, "macs=0.5")[0],
-        "combined macs=0.2 channels": lambda d: factorch.compress(
-            d, factorch.ChannelPruneConfig("macs=0.2"), example_inputs=X
-        )[0],
+        "structured macs=0.5 factorch": channels("macs=0.5"),
+        "structured macs=0.5 Torch-Pruning": lambda d, r: tp_structured(d, "macs=0.5")[0],
+        "combined macs=0.2 channels": channels("macs=0.2"),
     }
     for name in models:
         dense = factorch.models.create_model(name, pretrained=True).eval()
         for row, r in out["models"].get(name, {}).get("rows", {}).items():
-            build = builders.get(row.split(" seed ")[0])
+            build = builders.get(row.split(" seed ")[0].split(" round_to ")[0])
             if build is None or "error" in r:
                 continue
-            r.update(latency(build(dense), dense), latency_retimed=True)
+            r.update(latency(build(dense, r), dense), latency_retimed=True)
             print(f"   {name} {row}: x{r['latency_ratio_b64']:.3f} (b64)", flush=True)
             write(out)
 

@@ -6,6 +6,7 @@ import os
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -37,35 +38,48 @@ X = torch.randn(2, 3, 8, 8)
 
 
 # -- the layer ---------------------------------------------------------------------------------------------
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(
     kind=st.sampled_from(["conv1d", "conv2d", "linear"]),
-    cin=st.integers(1, 6),
-    cout=st.integers(1, 6),
+    groups=st.integers(1, 3),
+    cin=st.integers(1, 3),
+    cout=st.integers(1, 3),
     k=st.integers(1, 3),
     stride=st.integers(1, 2),
+    dilation=st.integers(1, 2),
     bias=st.booleans(),
-    mode=st.sampled_from(["zeros", "reflect", "circular"]),
+    mode=st.sampled_from(["zeros", "reflect", "circular", "replicate"]),
     sparsity=st.sampled_from([0.0, 0.3, 0.7]),
 )
-def test_pruned_layer_computes_its_masked_dense_layer(kind, cin, cout, k, stride, bias, mode, sparsity):
+def test_pruned_layer_computes_its_masked_dense_layer(
+    kind, groups, cin, cout, k, stride, dilation, bias, mode, sparsity
+):
+    """Against torch's functional ops written out (padding mode, stride, dilation and groups included)."""
     torch.manual_seed(1)
+    cin, cout = cin * groups, cout * groups
+    pad = dilation * (k // 2)
     if kind == "linear":
         dense, x = nn.Linear(cin, cout, bias=bias), torch.randn(3, cin)
-    elif kind == "conv1d":
-        dense, x = nn.Conv1d(cin, cout, k, stride, padding=k // 2, bias=bias, padding_mode=mode), torch.randn(2, cin, 7)
     else:
-        dense = nn.Conv2d(cin, cout, k, stride, padding=k // 2, bias=bias, padding_mode=mode)
-        x = torch.randn(2, cin, 7, 6)
+        conv = nn.Conv1d if kind == "conv1d" else nn.Conv2d
+        dense = conv(cin, cout, k, stride, pad, dilation, groups, bias=bias, padding_mode=mode)
+        x = torch.randn(2, cin, 7) if kind == "conv1d" else torch.randn(2, cin, 7, 6)
     layer = PrunedLayer.from_dense(dense, sparsity)
     numel = dense.weight.numel()
     assert layer.ranks == (max(1, numel - round(sparsity * numel)),)
+    assert int(layer.mask.sum()) == layer.ranks[0]
     with torch.no_grad():
         masked = dense.weight * layer.mask
         if kind == "linear":
-            expected = nn.functional.linear(x, masked, dense.bias)
+            expected = F.linear(x, masked, dense.bias)
         else:
-            expected = dense._conv_forward(x, masked, dense.bias)
+            fn = F.conv1d if kind == "conv1d" else F.conv2d
+            spatial = x.dim() - 2
+            if mode == "zeros":
+                expected = fn(x, masked, dense.bias, stride, pad, dilation, groups)
+            else:
+                padded = F.pad(x, (pad,) * (2 * spatial), mode=mode)
+                expected = fn(padded, masked, dense.bias, stride, 0, dilation, groups)
     torch.testing.assert_close(layer(x), expected)
     torch.testing.assert_close(layer.to_dense()(x), expected)
     if sparsity == 0.0:  # zero sparsity: exactly the dense layer
