@@ -18,6 +18,7 @@ from factorch.config import FactorizationConfig as FactorizationConfig
 from factorch.config import MethodConfig as MethodConfig
 from factorch.config import Plan as Plan
 from factorch.config import PruneConfig as PruneConfig
+from factorch.config import QuantConfig as QuantConfig
 from factorch.config import SpatialSVDConfig as SpatialSVDConfig
 from factorch.config import SVDConfig as SVDConfig
 from factorch.config import TTConfig as TTConfig
@@ -51,6 +52,7 @@ __all__ = [
     "Cost",
     "FactorizationConfig",
     "PruneConfig",
+    "QuantConfig",
     "apply_plan",
     "list_methods",
     "register_method",

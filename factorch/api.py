@@ -114,15 +114,23 @@ def _compress_by_plan(
     calibrate: CalibrationConfig | None,
 ) -> tuple[nn.Module, CompressionReport]:
     """:func:`apply_plan`, then calibration of the layers whose config (or the model-level argument) asks."""
-    per_layer = [c for c in plan.layers.values() if c is not None and c.calibrate is not None]
+    configs = [c for c in plan.layers.values() if c is not None]
+    per_layer = [c for c in configs if c.calibrate is not None]
     settings = calibrate if calibrate is not None else (per_layer[0].calibrate if per_layer else None)
-    if calib_data is not None and settings is None:
+    readers = [c for c in configs if c.uses_calib_data]  # e.g. activation ranges of quantized layers
+    if calib_data is not None and settings is None and not readers:
         raise ValueError(
             "calib_data is used for calibration: pass calibrate=factorch.CalibrationConfig(...) "
             "(or use an AutoConfig / ChannelPruneConfig)"
         )
     if settings is not None and calib_data is None:
         raise ValueError("calibrate=... needs calib_data (a tensor or DataLoader of calibration inputs)")
+    if readers and calib_data is None:
+        raise ValueError(
+            f"{type(readers[0]).__name__}(act_bits={getattr(readers[0], 'act_bits', '?')}) needs calib_data: the "
+            "activation ranges are set on calibration inputs (or act_bits=32 to quantize the weights only)"
+        )
+    _refuse_requantizing(model, configs)
     original = copy.deepcopy(model) if settings is not None and inplace else model
     work, report = apply_plan(
         model, plan, example_inputs=example_inputs, inplace=inplace, keep_edges=keep_edges, fold_bn=fold_bn
@@ -134,7 +142,29 @@ def _compress_by_plan(
             if r.skipped is None and (calibrate is not None or (c := plan.resolve(r.name)[0]) and c.calibrate)
         ]
         calibrate_layers(work, original, calib_data, settings, names, report)
+    if readers:
+        from factorch.data.calib import calibration_inputs
+        from factorch.layers.quantized import calibrate_activations
+
+        n = max(getattr(c, "calib_samples", 512) for c in readers)
+        inputs = calibration_inputs(calib_data, n)
+        done = calibrate_activations(work, inputs)
+        report.totals["activation_calibration"] = {"n_samples": int(inputs.shape[0]), "layers": len(done)}
     return work, report
+
+
+def _refuse_requantizing(model: nn.Module, configs: list) -> None:
+    """Quantizing a quantized layer again would stack two grids: an error naming the layer."""
+    from factorch.config import QuantConfig
+    from factorch.layers.quantized import QuantizedLayer
+
+    if any(isinstance(c, QuantConfig) for c in configs):
+        done = [n for n, m in model.named_modules() if isinstance(m, QuantizedLayer)]
+        if done:
+            raise ValueError(
+                f"layer {done[0]!r} is already quantized ({len(done)} such layers): quantize the float model "
+                "once, with the bit widths wanted (its to_dense() gives the dequantized float layer)"
+            )
 
 
 def calibrate_layers(
@@ -274,7 +304,7 @@ def _takes_calib_data(config: Any, calibrate: Any) -> bool:
     if isinstance(config, (AutoConfig, ChannelPruneConfig)) or calibrate is not None:
         return True
     layers = config.layers.values() if isinstance(config, Plan) else [config]
-    return any(c is not None and c.calibrate is not None for c in layers)
+    return any(c is not None and (c.calibrate is not None or c.uses_calib_data) for c in layers)
 
 
 def _describe(config: Any) -> Any:

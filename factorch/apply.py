@@ -172,6 +172,14 @@ def _global_prune_counts(layers: list[tuple[str, nn.Module]], plan: Plan, edges:
     return counts
 
 
+def _compresses_edges(cfg: MethodConfig, layer: nn.Module) -> bool:
+    """Whether ``cfg``'s method compresses the first conv / final classifier by default (quantization does)."""
+    try:
+        return bool(getattr(layer_class(cfg.method, layer), "compress_edges", False))
+    except NotCompressible:
+        return False
+
+
 def _compress_layer(
     work: nn.Module,
     name: str,
@@ -201,19 +209,11 @@ def _compress_layer(
             raise ValueError(f"layer {name!r} ({type(layer).__name__}): {err}") from err
         row.skipped = str(err)  # a model-wide rank that this particular layer cannot take
         return
-    allow_larger = getattr(cfg, "allow_larger", False)
-    if isinstance(cfg, PruneConfig):
-        smaller = after.nonzero_params < before.nonzero_params or allow_larger or after.nonzero_params == 0
-        larger_note = f"prune keeps every weight ({after.nonzero_params} of {before.nonzero_params})"
-    else:
-        # a lookup (Embedding) has no MACs to shrink: judge it by its parameters
-        smaller = allow_larger or (after.params < before.params and (before.macs == 0 or after.macs < before.macs))
-        larger_note = (
-            f"{method} at ranks {ranks} would not be smaller (params {after.params} vs {before.params}, "
-            f"MACs {after.macs} vs {before.macs}); allow_larger=True keeps it anyway"
-        )
-    if not smaller:
-        row.skipped = larger_note
+    why_not = cls.worth_it(before, after)
+    if why_not is not None and not getattr(cfg, "allow_larger", False):
+        row.skipped = f"{method} at {'/'.join(cls.rank_names)} {ranks} would not be smaller ({why_not})"
+        if hasattr(cfg, "allow_larger"):
+            row.skipped += "; allow_larger=True keeps it anyway"
         return
     ready = (prebuilt or {}).get(name)
     if ready is not None and (ready.method, tuple(ready.ranks)) == (method, tuple(ranks)):
@@ -287,7 +287,7 @@ def apply_plan(
         report.layers.append(row)
         if cfg is None:
             row.skipped = "left dense by the plan" if key is not None else "not named in the plan"
-        elif name in edges and key != name:
+        elif name in edges and key != name and not _compresses_edges(cfg, layer):
             row.skipped = EDGE_REASON
         else:
             option = global_counts.get(name, cfg.option)

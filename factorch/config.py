@@ -55,6 +55,11 @@ class MethodConfig:
         skip = {*self._common, self.option_field}
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip}
 
+    @property
+    def uses_calib_data(self) -> bool:
+        """Whether building this config's layers reads ``calib_data`` (beyond ``calibrate``)."""
+        return False
+
     def _json_value(self, name: str, value: Any) -> Any:
         return list(value) if isinstance(value, tuple) else value
 
@@ -212,6 +217,79 @@ class PruneConfig(MethodConfig):
 
     def options(self) -> dict[str, Any]:
         return {"criterion": self.criterion}  # scope acts across layers (factorch.apply), not inside one
+
+
+@dataclass
+class QuantConfig(MethodConfig):
+    """Uniform quantization of weights and input activations, executed as fake quantization in torch
+    (post-training: scales from the weights and from ``calib_data``; then trainable with ``factorch.finetune``,
+    the straight-through estimator passing gradients through the rounding).
+
+    Attributes:
+        weight_bits: 2..8 (integer codes), 16 (half precision) or 32 (float32); or a pair
+            ``(weight_bits, act_bits)`` (the per-layer option).
+        act_bits: bits of each quantized layer's input activations: 2..8 (affine, one scale and zero point per
+            tensor, set from ``calib_data``), 16 (half) or 32 (not quantized: weights only).
+        per_channel: one weight scale per output channel (else one per tensor).
+        symmetric: weights on a signed grid symmetric around 0 (zero point 0); else affine (unsigned + zero point).
+        observer: how ranges are chosen: ``"minmax"`` (the extremes), ``"percentile"`` (clip at the
+            ``percentile``-th percentile), ``"mse"`` (the clipping with the least squared quantization error).
+        percentile: for ``observer="percentile"``.
+        calib_samples: calibration inputs used to set the activation ranges.
+
+    References:
+        Jacob et al. 2018; Krishnamoorthi 2018 (the whitepaper: per-channel symmetric weights, affine
+        activations).
+    """
+
+    weight_bits: Any = 8
+    act_bits: int = 8
+    per_channel: bool = True
+    symmetric: bool = True
+    observer: str = "minmax"
+    percentile: float = 99.99
+    calib_samples: int = 512
+    method: ClassVar[str] = "quant"
+    option_field: ClassVar[str] = "weight_bits"
+
+    def __post_init__(self) -> None:
+        from factorch.layers.quantized import OBSERVERS, check_bits
+
+        super().__post_init__()
+        if isinstance(self.weight_bits, (tuple, list)):
+            if len(self.weight_bits) != 2:
+                raise ValueError(
+                    f"QuantConfig(weight_bits=...) as a pair is (weight_bits, act_bits), got {self.weight_bits!r}"
+                )
+            self.weight_bits, self.act_bits = self.weight_bits
+        self.weight_bits = check_bits(self.weight_bits, "QuantConfig(weight_bits=...)")
+        self.act_bits = check_bits(self.act_bits, "QuantConfig(act_bits=...)")
+        if self.weight_bits == 32 and self.act_bits == 32:
+            raise ValueError("QuantConfig(weight_bits=32, act_bits=32) quantizes nothing")
+        if self.observer not in OBSERVERS:
+            raise ValueError(f"QuantConfig(observer=...) must be one of {', '.join(OBSERVERS)}, got {self.observer!r}")
+        for name in ("per_channel", "symmetric"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"QuantConfig({name}=...) must be a bool, got {getattr(self, name)!r}")
+        p = self.percentile
+        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 50 < p <= 100:
+            raise ValueError(f"QuantConfig(percentile=...) must be in (50, 100], got {p!r}")
+        n = self.calib_samples
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+            raise ValueError(f"QuantConfig(calib_samples=...) must be an int >= 1, got {n!r}")
+
+    @property
+    def uses_calib_data(self) -> bool:
+        return 2 <= self.act_bits <= 8
+
+    def options(self) -> dict[str, Any]:
+        return {
+            "act_bits": self.act_bits,
+            "per_channel": self.per_channel,
+            "symmetric": self.symmetric,
+            "observer": self.observer,
+            "percentile": self.percentile,
+        }
 
 
 @dataclass

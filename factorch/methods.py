@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from factorch.config import CPConfig, PruneConfig, SpatialSVDConfig, SVDConfig, TTConfig, Tucker2Config
+from factorch.config import CPConfig, PruneConfig, QuantConfig, SpatialSVDConfig, SVDConfig, TTConfig, Tucker2Config
 from factorch.layers.cp import CPConv
 from factorch.layers.pruned import PrunedLayer
+from factorch.layers.quantized import QuantizedLayer
 from factorch.layers.spatial import SpatialSVDConv2d
 from factorch.layers.svd import LowRankLinear, SVDConv
 from factorch.layers.tt import TTEmbedding, TTLinear
@@ -26,3 +27,5 @@ if "svd" not in list_methods():  # registered once per process, even if this mod
         "tt", config=TTConfig, layers={(nn.Linear,): TTLinear, (nn.Embedding,): TTEmbedding}, searchable=False
     )
     register_method("prune", config=PruneConfig, layers={(*CONV, nn.Linear): PrunedLayer})
+    # bit widths are not yet options of AutoConfig's candidates (their cost is in bits, not params or MACs)
+    register_method("quant", config=QuantConfig, layers={(*CONV, nn.Linear): QuantizedLayer}, searchable=False)

@@ -54,6 +54,17 @@ class CompressedLayer:
         params, macs = cls.cost(spec, ranks, input_size, **options)
         return Cost.dense(params, macs, weight_bits=torch.finfo(spec.torch_dtype).bits)
 
+    compress_edges: ClassVar[bool] = False  # True: the first conv / final classifier are not kept dense by default
+
+    @classmethod
+    def worth_it(cls, before: Cost, after: Cost) -> str | None:
+        """``None`` when the compressed layer (``after``) is worth replacing the dense one (``before``) with;
+        else the reason it is not. Default (factorization): fewer parameters, and fewer MACs unless the dense
+        layer has none (a lookup)."""
+        if after.params < before.params and (before.macs == 0 or after.macs < before.macs):
+            return None
+        return f"params {after.params} vs {before.params}, MACs {after.macs} vs {before.macs}"
+
     @classmethod
     def search_options(cls, auto_config) -> dict:
         """Options that ``AutoConfig``'s candidates of this class are scored and built with (default none)."""
@@ -355,3 +366,32 @@ def require_conv(method: str, spec: Spec, dims: tuple[int, ...] = (1, 2)) -> Con
     if spec.dim not in dims:
         raise NotFactorizable(f"{method} needs a {' or '.join(f'{d}-D' for d in dims)} convolution, got {spec.dim}-D")
     return spec
+
+
+class MaskedDenseLayer(CompressedLayer):
+    """The frame of the compressed layers that keep their dense layer whole and change how its weights are
+    used (a pruning mask, a quantization grid): their rank problem has no spectra, and their cost is priced by
+    ``option_cost`` on the dense layer's spec."""
+
+    @classmethod
+    def cost(cls, spec: Spec, ranks: tuple[int, ...], input_size=None, **options) -> tuple[int, int]:
+        """``(non-zero params, MACs)``: what a ``params=`` budget counts, and the dense kernel's MACs."""
+        c = cls.option_cost(spec, ranks, input_size, **options)
+        return c.nonzero_params, c.macs
+
+    @staticmethod
+    def dense_cost(layer: nn.Module, input_size=None) -> tuple[int, int]:
+        return FactorizedLayer.dense_cost(layer, input_size)
+
+    @classmethod
+    def rank_problem(cls, layer: nn.Module, *, input_size=None, name: str = "", **options) -> RankProblem:
+        spec = spec_of(layer)
+        cls.check(spec, options)
+        return RankProblem(
+            method=cls.method,
+            max_ranks=cls.max_ranks(spec, options),
+            spectra=None,
+            cost=lambda r: cls.cost(spec, r, input_size, **options),
+            dense_cost=cls.dense_cost(layer, input_size),
+            name=name,
+        )

@@ -16,14 +16,13 @@ from torch import Tensor, nn
 from factorch.cost import Cost
 from factorch.layers._spec import ConvSpec, LinearSpec, spec_of
 from factorch.layers.base import (
-    CompressedLayer,
+    MaskedDenseLayer,
     NotFactorizable,
     Spec,
     count_params,
     default_input_shape,
     meta_macs,
 )
-from factorch.rank import RankProblem
 
 PACKED_FORMAT = "nonzeros+bitmask"
 
@@ -59,7 +58,7 @@ def magnitude_mask(weight: Tensor, kept: int) -> Tensor:
     return mask.view_as(weight)
 
 
-class PrunedLayer(nn.Module, CompressedLayer):
+class PrunedLayer(nn.Module, MaskedDenseLayer):
     """A dense ``nn.Conv1d`` / ``nn.Conv2d`` / ``nn.Linear`` (kept whole as :attr:`layer`) computing with
     ``layer.weight * mask``.
 
@@ -93,6 +92,12 @@ class PrunedLayer(nn.Module, CompressedLayer):
         if criterion != "magnitude":
             raise ValueError(f"prune: unknown criterion {criterion!r}; choose from magnitude")
 
+    @classmethod
+    def worth_it(cls, before: Cost, after: Cost) -> str | None:
+        if after.nonzero_params < before.nonzero_params or after.nonzero_params == 0:
+            return None
+        return f"prune keeps every weight ({after.nonzero_params} of {before.nonzero_params})"
+
     @staticmethod
     def _weight_numel(spec: Spec) -> int:
         if isinstance(spec, ConvSpec):
@@ -102,12 +107,6 @@ class PrunedLayer(nn.Module, CompressedLayer):
     @classmethod
     def max_ranks(cls, spec: Spec, options: dict) -> tuple[int, ...]:
         return (cls._weight_numel(spec),)
-
-    @classmethod
-    def cost(cls, spec: Spec, ranks: tuple[int, ...], input_size=None, **options) -> tuple[int, int]:
-        """``(non-zero params, MACs)``: what a ``params=`` budget counts, and the dense kernel's MACs."""
-        c = cls.option_cost(spec, ranks, input_size, **options)
-        return c.nonzero_params, c.macs
 
     @classmethod
     def option_cost(cls, spec: Spec, ranks: tuple[int, ...], input_size=None, **options) -> Cost:
@@ -122,25 +121,6 @@ class PrunedLayer(nn.Module, CompressedLayer):
             weight_bits=torch.finfo(spec.torch_dtype).bits,
             macs=macs,
             mask_bits=numel if kept < numel else 0,
-        )
-
-    @staticmethod
-    def dense_cost(layer: nn.Module, input_size=None) -> tuple[int, int]:
-        from factorch.layers.base import FactorizedLayer
-
-        return FactorizedLayer.dense_cost(layer, input_size)
-
-    @classmethod
-    def rank_problem(cls, layer: nn.Module, *, input_size=None, name: str = "", **options) -> RankProblem:
-        spec = spec_of(layer)
-        cls.check(spec, options)
-        return RankProblem(
-            method=cls.method,
-            max_ranks=cls.max_ranks(spec, options),
-            spectra=None,
-            cost=lambda r: cls.cost(spec, r, input_size, **options),
-            dense_cost=cls.dense_cost(layer, input_size),
-            name=name,
         )
 
     @classmethod

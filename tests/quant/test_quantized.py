@@ -1,0 +1,207 @@
+"""QuantizedLayer and QuantConfig: against torch's own ops and hand-computed scales; codes, packing, costs."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import factorch
+from factorch.layers.quantized import (
+    QuantizedLayer,
+    int_range,
+    observe_range,
+    pack_codes,
+    unpack_codes,
+)
+
+
+def reference_scales(w: torch.Tensor, bits: int, symmetric: bool, per_channel: bool):
+    """Min/max scales by the whitepaper's formulas, written out."""
+    rows = w.reshape(w.shape[0], -1) if per_channel else w.reshape(1, -1)
+    lo, hi = rows.min(dim=1).values.clamp(max=0), rows.max(dim=1).values.clamp(min=0)
+    if symmetric:
+        qmax = 2 ** (bits - 1) - 1
+        return torch.maximum(hi, -lo) / qmax, torch.zeros(rows.shape[0], dtype=torch.int32), -qmax, qmax
+    scale = (hi - lo) / (2**bits - 1)
+    return scale, (-torch.round(lo / scale)).to(torch.int32), 0, 2**bits - 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    kind=st.sampled_from(["conv1d", "conv2d", "linear"]),
+    groups=st.integers(1, 2),
+    cin=st.integers(1, 3),
+    cout=st.integers(1, 3),
+    k=st.integers(1, 3),
+    stride=st.integers(1, 2),
+    mode=st.sampled_from(["zeros", "reflect", "circular"]),
+    bits=st.integers(2, 8),
+    symmetric=st.booleans(),
+    per_channel=st.booleans(),
+    bias=st.booleans(),
+)
+def test_quantized_layer_is_the_layer_with_fake_quantized_weights(
+    kind, groups, cin, cout, k, stride, mode, bits, symmetric, per_channel, bias
+):
+    torch.manual_seed(2)
+    cin, cout = cin * groups, cout * groups
+    if kind == "linear":
+        dense, x = nn.Linear(cin, cout, bias=bias), torch.randn(3, cin)
+    else:
+        conv = nn.Conv1d if kind == "conv1d" else nn.Conv2d
+        dense = conv(cin, cout, k, stride, k // 2, groups=groups, bias=bias, padding_mode=mode)
+        x = torch.randn(2, cin, 7) if kind == "conv1d" else torch.randn(2, cin, 7, 6)
+    layer = QuantizedLayer.from_dense(dense, (bits, 32), symmetric=symmetric, per_channel=per_channel)
+    scale, zero, qmin, qmax = reference_scales(dense.weight.detach(), bits, symmetric, per_channel)
+    torch.testing.assert_close(layer.weight_scale, scale.float(), rtol=1e-6, atol=0)
+    assert torch.equal(layer.weight_zero, zero)
+    w = dense.weight.detach()
+    if per_channel:
+        wq = torch.fake_quantize_per_channel_affine(w, layer.weight_scale, layer.weight_zero, 0, qmin, qmax)
+    else:
+        wq = torch.fake_quantize_per_tensor_affine(w, float(layer.weight_scale), int(layer.weight_zero), qmin, qmax)
+    if kind == "linear":
+        expected = F.linear(x, wq, dense.bias)
+    else:
+        fn = F.conv1d if kind == "conv1d" else F.conv2d
+        pad = k // 2
+        if mode == "zeros":
+            expected = fn(x, wq, dense.bias, stride, pad, 1, groups)
+        else:
+            expected = fn(F.pad(x, (pad,) * (2 * (x.dim() - 2)), mode=mode), wq, dense.bias, stride, 0, 1, groups)
+    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(layer.to_dense()(x), expected, rtol=1e-5, atol=1e-6)
+    # the codes are what the fake quantization dequantizes, exactly
+    codes = layer.weight_codes()
+    assert int(codes.min()) >= qmin and int(codes.max()) <= qmax
+    view = [-1] + [1] * (w.dim() - 1)
+    s = layer.weight_scale.view(view) if per_channel else layer.weight_scale
+    z = layer.weight_zero.view(view) if per_channel else layer.weight_zero
+    assert torch.equal((codes - z).float() * s, wq)
+    # an error no larger than half a step per weight (inside the range)
+    assert float((wq - w).abs().max()) <= float(layer.weight_scale.max()) / 2 * (1 + 1e-5)
+
+
+def test_32_bits_is_the_dense_layer_and_16_is_half():
+    torch.manual_seed(0)
+    dense, x = nn.Conv2d(3, 4, 3, padding=1), torch.randn(2, 3, 8, 8)
+    exact = QuantizedLayer.from_dense(dense, (32, 32))
+    torch.testing.assert_close(exact(x), dense(x), rtol=0, atol=0)
+    half = QuantizedLayer.from_dense(dense, (16, 16))
+    expected = F.conv2d(x.half().float(), dense.weight.half().float(), dense.bias, padding=1)
+    torch.testing.assert_close(half(x), expected, rtol=0, atol=0)
+
+
+def test_rounding_is_half_to_even_and_ranges_are_pinned():
+    """Known answers: a 2-bit symmetric grid is {-1, 0, 1} x max|w|; 0.5 rounds to 0 (half to even)."""
+    lin = nn.Linear(3, 1, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[-1.0, 0.5, 0.26]]))
+    q = QuantizedLayer.from_dense(lin, (2, 32))
+    assert int_range(2, True) == (-1, 1) and int_range(4, False) == (0, 15) and int_range(8, True) == (-127, 127)
+    assert float(q.weight_scale) == 1.0 and q.weight_codes().tolist() == [[-1, 0, 0]]
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[-1.0, 1.5, 2.0]]))  # affine 2 bits: step 1, zero point 1
+    a = QuantizedLayer.from_dense(lin, (2, 32), symmetric=False)
+    assert float(a.weight_scale) == 1.0 and int(a.weight_zero) == 1
+    assert a.weight_codes().tolist() == [[0, 3, 3]]  # 1.5 -> 2 (+1) -> 3 (half to even), 2.0 -> 3
+
+
+def test_activation_ranges_come_from_the_calibration_inputs():
+    """Min/max of each quantized layer's inputs (seen with the earlier layers' activations unquantized)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    calib = torch.randn(300, 4, generator=torch.Generator().manual_seed(5)) * 2
+    q, report = factorch.compress(
+        model, factorch.QuantConfig(weight_bits=8, act_bits=8), example_inputs=torch.zeros(1, 4), calib_data=calib
+    )
+    assert report.totals["activation_calibration"] == {"n_samples": 300, "layers": 2}
+    first, second = q[0], q[2]
+    lo, hi = float(calib.min()), float(calib.max())
+    assert float(first.act_scale) == pytest.approx((hi - lo) / 255, rel=1e-6)
+    assert int(first.act_zero) == round(-lo / float(first.act_scale))
+    hidden = torch.relu(F.linear(calib, first.quantized_weight(), first.layer.bias))
+    assert float(second.act_scale) == pytest.approx(float(hidden.max()) / 255, rel=1e-5)  # lo = 0 after the ReLU
+    assert int(second.act_zero) == 0
+    xq = torch.fake_quantize_per_tensor_affine(calib[:5], first.act_scale, first.act_zero, 0, 255)
+    torch.testing.assert_close(first(calib[:5]), F.linear(xq, first.quantized_weight(), first.layer.bias),
+                               rtol=0, atol=0)  # fmt: skip
+
+
+def test_percentile_clips_an_outlier_and_mse_never_does_worse_than_minmax():
+    rows = torch.cat([torch.linspace(-1, 1, 1001), torch.tensor([50.0])]).reshape(1, -1)
+    lo, hi = observe_range(rows, 4, True, "minmax", 99.9)
+    assert float(hi) == 50.0
+    _, hi_p = observe_range(rows, 4, True, "percentile", 99.0)
+    assert float(hi_p) < 1.01
+    from factorch.layers.quantized import _qparams, fake_quant
+
+    def err(lo, hi):
+        s, z = _qparams(lo, hi, 4, True)
+        return float((fake_quant(rows, s, z, 4, True, 0) - rows).pow(2).sum())
+
+    lo_m, hi_m = observe_range(rows, 4, True, "mse", 99.9)
+    assert err(lo_m, hi_m) <= err(lo, hi)
+
+
+@settings(max_examples=30, deadline=None)
+@given(bits=st.integers(2, 8), n=st.integers(1, 200), seed=st.integers(0, 5))
+def test_codes_pack_at_their_bit_width_and_unpack_exactly(bits, n, seed):
+    lo, hi = int_range(bits, seed % 2 == 0)
+    codes = torch.randint(lo, hi + 1, (n,), generator=torch.Generator().manual_seed(seed))
+    packed = pack_codes(codes, bits, lo)
+    assert packed.dtype == torch.uint8 and packed.numel() == -(-n * bits // 8)
+    assert torch.equal(unpack_codes(packed, bits, lo, n), codes)
+
+
+def test_cost_counts_codes_scales_and_float_biases():
+    spec = factorch.layers.LinearSpec.from_module(nn.Linear(100, 10))
+    cost = QuantizedLayer.option_cost(spec, (8, 8))
+    # 1000 weights x 8 + 10 biases x 32 + 10 scales x 32 + the activation's scale (32) and zero point (8)
+    assert cost.size_bits == 1000 * 8 + 10 * 32 + 10 * 32 + 32 + 8
+    affine = QuantizedLayer.option_cost(spec, (4, 32), symmetric=False, per_channel=False)
+    assert affine.size_bits == 1000 * 4 + 10 * 32 + 32 + 4
+    assert cost.params == cost.nonzero_params == 1010 and cost.macs == 1000
+
+
+def test_save_packs_the_codes_and_loads_bit_exactly(tmp_path):
+    def net():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 6 * 6, 10))
+
+    model = net()
+    x = torch.randn(8, 3, 8, 8)
+    for bits in (4, 8, 16):
+        q, report = factorch.compress(model, factorch.QuantConfig(weight_bits=bits, act_bits=8), example_inputs=x[:1],
+                                      calib_data=x)  # fmt: skip
+        factorch.save(q, tmp_path / f"q{bits}")
+        back = factorch.load(tmp_path / f"q{bits}", base_model=net())
+        torch.testing.assert_close(back(x), q(x), rtol=0, atol=0)
+        stored = sum(f.stat().st_size for f in (tmp_path / f"q{bits}").iterdir())
+        assert stored < sum(p.numel() for p in model.parameters()) * 4 * (bits / 32) + 8000
+        assert report.totals["size_ratio"] < bits / 32 + 0.05
+
+
+def test_bad_input_names_the_argument_or_layer():
+    for bad in (dict(weight_bits=1), dict(weight_bits=9), dict(act_bits=12), dict(observer="kl"), dict(percentile=40)):
+        with pytest.raises(ValueError, match="QuantConfig"):
+            factorch.QuantConfig(**bad)
+    with pytest.raises(ValueError, match="quantizes nothing"):
+        factorch.QuantConfig(weight_bits=32, act_bits=32)
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    x = torch.zeros(1, 4)
+    with pytest.raises(ValueError, match="needs calib_data"):
+        factorch.compress(model, factorch.QuantConfig(weight_bits=8, act_bits=8), example_inputs=x)
+    q, _ = factorch.compress(model, factorch.QuantConfig(weight_bits=8, act_bits=32), example_inputs=x)
+    with pytest.raises(ValueError, match="layer '0' is already quantized"):
+        factorch.compress(q, factorch.QuantConfig(weight_bits=4, act_bits=32), example_inputs=x)
+    assert factorch.QuantConfig(weight_bits=(4, 8)).act_bits == 8
+
+
+def test_gradients_pass_the_rounding_straight_through():
+    torch.manual_seed(0)
+    layer = QuantizedLayer.from_dense(nn.Linear(6, 3), (4, 32))
+    layer(torch.randn(5, 6)).sum().backward()
+    assert layer.layer.weight.grad is not None and float(layer.layer.weight.grad.abs().sum()) > 0
