@@ -349,6 +349,9 @@ def storage_totals(nonzero_before: int, size_before: int, model: nn.Module) -> d
         "size_bytes_before": size_before,
         "size_bytes": store["size_bytes"],
         "size_ratio": store["size_bytes"] / max(1, size_before),
+        # stored bits per non-zero parameter, bookkeeping included (32 for a dense float32 model)
+        "bits_per_weight_before": 8 * size_before / max(1, nonzero_before),
+        "bits_per_weight": 8 * store["size_bytes"] / max(1, store["nonzero_params"]),
     }
 
 

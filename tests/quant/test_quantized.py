@@ -205,3 +205,19 @@ def test_gradients_pass_the_rounding_straight_through():
     layer = QuantizedLayer.from_dense(nn.Linear(6, 3), (4, 32))
     layer(torch.randn(5, 6)).sum().backward()
     assert layer.layer.weight.grad is not None and float(layer.layer.weight.grad.abs().sum()) > 0
+
+
+def test_report_totals_give_bits_per_weight():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64, bias=False), nn.ReLU(), nn.Linear(64, 8, bias=False))
+    _, dense = factorch.compress(model, factorch.Plan({}), example_inputs=torch.zeros(1, 64))
+    assert dense.to_dict()["totals"]["bits_per_weight"] == 32.0
+    _, report = factorch.compress(
+        model, factorch.QuantConfig(weight_bits=4, act_bits=32), example_inputs=torch.zeros(1, 64)
+    )
+    t = report.to_dict()["totals"]
+    # 4 bits per weight, plus one 32-bit scale per output channel
+    assert t["bits_per_weight"] == pytest.approx(
+        (64 * 64 * 4 + 64 * 32 + 8 * 64 * 4 + 8 * 32) / (64 * 64 + 8 * 64), abs=0.01
+    )
+    assert t["bits_per_weight_before"] == 32.0 and t["size_bytes"] < t["size_bytes_before"] / 7
