@@ -236,10 +236,12 @@ class QuantConfig(MethodConfig):
             ``percentile``-th percentile), ``"mse"`` (the clipping with the least squared quantization error).
         percentile: for ``observer="percentile"``.
         calib_samples: calibration inputs used to set the activation ranges.
+        learn_scale: train the weight and activation step sizes with the weights during ``finetune`` (LSQ,
+            Esser et al. 2020); ``None``: at 4 bits or fewer. The observers' scales are the starting point.
 
     References:
         Jacob et al. 2018; Krishnamoorthi 2018 (the whitepaper: per-channel symmetric weights, affine
-        activations).
+        activations); Esser et al. 2020, "Learned step size quantization".
     """
 
     weight_bits: Any = 8
@@ -249,6 +251,7 @@ class QuantConfig(MethodConfig):
     observer: str = "minmax"
     percentile: float = 99.99
     calib_samples: int = 512
+    learn_scale: bool | None = None
     method: ClassVar[str] = "quant"
     option_field: ClassVar[str] = "weight_bits"
 
@@ -277,6 +280,8 @@ class QuantConfig(MethodConfig):
         n = self.calib_samples
         if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
             raise ValueError(f"QuantConfig(calib_samples=...) must be an int >= 1, got {n!r}")
+        if self.learn_scale is not None and not isinstance(self.learn_scale, bool):
+            raise TypeError(f"QuantConfig(learn_scale=...) must be a bool or None, got {self.learn_scale!r}")
 
     @property
     def uses_calib_data(self) -> bool:
@@ -289,6 +294,9 @@ class QuantConfig(MethodConfig):
             "symmetric": self.symmetric,
             "observer": self.observer,
             "percentile": self.percentile,
+            "learn_scale": self.learn_scale
+            if self.learn_scale is not None
+            else min(self.weight_bits, self.act_bits) <= 4,
         }
 
 

@@ -75,6 +75,26 @@ def fake_quant(x: Tensor, scale: Tensor, zero: Tensor, bits: int, symmetric: boo
     return torch.fake_quantize_per_channel_affine(x, scale, zero, axis, qmin, qmax)
 
 
+def lsq_quantize(
+    x: Tensor, scale: Tensor, zero: Tensor, qmin: int, qmax: int, axis: int | None, grad_scale: float
+) -> Tensor:
+    """Fake quantization whose forward is torch's kernel bit for bit (``clamp(round(x * (1 / s)) + z) - z) * s``
+    in float32) and whose gradients are the learned step size's (LSQ, Esser et al. 2020): straight through
+    the rounding for ``x`` inside the range (0 outside), ``round(x / s) - x / s`` (or the clamped code) for
+    ``s``, scaled by ``grad_scale`` (``1 / sqrt(n * qmax)`` for ``n`` values per scale). Written here because
+    torch's learnable fake quantization is a private op."""
+    shape = [1] * x.dim()
+    if axis is not None:
+        shape[axis] = -1
+    s = scale.reshape(shape) if axis is not None else scale.reshape(())
+    z = (zero.reshape(shape) if axis is not None else zero.reshape(())).to(x.dtype)
+    if s.requires_grad:
+        s = s * grad_scale + (s - s * grad_scale).detach()  # the value s, the gradient scaled
+    v = x * (1.0 / s)
+    rounded = v + (torch.round(v) - v).detach()  # round, gradient straight through
+    return ((rounded + z).clamp(qmin, qmax) - z) * s
+
+
 def codes_of(x: Tensor, scale: Tensor, zero: Tensor, bits: int, symmetric: bool, axis: int | None) -> Tensor:
     """The integer codes (int64) that :func:`fake_quant` dequantizes: ``clamp(round(x * (1 / s)) + z)``,
     in float32 as torch's kernel computes them."""
@@ -168,18 +188,29 @@ class QuantizedLayer(nn.Module, MaskedDenseLayer):
         symmetric: bool = True,
         observer: str = "minmax",
         percentile: float = 99.99,
+        learn_scale: bool = False,
     ) -> None:
         super().__init__()
         self.layer, self.spec = layer, spec
         self.weight_bits = check_bits(weight_bits, "weight_bits")
         self.act_bits = check_bits(act_bits, "act_bits")
-        self.options = dict(per_channel=per_channel, symmetric=symmetric, observer=observer, percentile=percentile)
+        self.options = dict(
+            per_channel=per_channel,
+            symmetric=symmetric,
+            observer=observer,
+            percentile=percentile,
+            learn_scale=learn_scale,
+        )
         channels = spec.out_channels if isinstance(spec, ConvSpec) else spec.out_features
         n = channels if per_channel else 1
         device = layer.weight.device
-        self.register_buffer("weight_scale", torch.ones(n, device=device))
+        if learn_scale:  # LSQ: the step sizes are trained with the weights (see lsq_quantize)
+            self.weight_scale = nn.Parameter(torch.ones(n, device=device))
+            self.act_scale = nn.Parameter(torch.ones(1, device=device))
+        else:
+            self.register_buffer("weight_scale", torch.ones(n, device=device))
+            self.register_buffer("act_scale", torch.ones(1, device=device))
         self.register_buffer("weight_zero", torch.zeros(n, dtype=torch.int32, device=device))
-        self.register_buffer("act_scale", torch.ones(1, device=device))
         self.register_buffer("act_zero", torch.zeros(1, dtype=torch.int32, device=device))
         self.register_buffer("act_ready", torch.zeros((), dtype=torch.bool, device=device))
         self._observing: list[tuple[Tensor, Tensor, Tensor]] | None = None
@@ -263,7 +294,8 @@ class QuantizedLayer(nn.Module, MaskedDenseLayer):
     @classmethod
     def build(cls, spec: Spec, ranks: tuple[int, ...] = (32, 32), device=None, **options) -> QuantizedLayer:
         """The structure (weights and scales unset): what loading rebuilds before the state dict."""
-        opts = {k: v for k, v in options.items() if k in ("per_channel", "symmetric", "observer", "percentile")}
+        keys = ("per_channel", "symmetric", "observer", "percentile", "learn_scale")
+        opts = {k: v for k, v in options.items() if k in keys}
         return cls(spec.dense(device=device), spec, int(ranks[0]), int(ranks[1]), **opts)
 
     @classmethod
@@ -288,7 +320,7 @@ class QuantizedLayer(nn.Module, MaskedDenseLayer):
                 new.layer.weight.copy_(layer.weight)
                 if layer.bias is not None:
                     new.layer.bias.copy_(layer.bias)
-            new.set_weight_scales()
+                new.set_weight_scales()
         return new
 
     def set_weight_scales(self) -> None:
@@ -300,8 +332,9 @@ class QuantizedLayer(nn.Module, MaskedDenseLayer):
         rows = w.reshape(w.shape[0], -1) if o["per_channel"] else w.reshape(1, -1)
         lo, hi = observe_range(rows, self.weight_bits, o["symmetric"], o["observer"], o["percentile"])
         scale, zero = _qparams(lo, hi, self.weight_bits, o["symmetric"])
-        self.weight_scale.copy_(scale)
-        self.weight_zero.copy_(zero)
+        with torch.no_grad():
+            self.weight_scale.copy_(scale)
+            self.weight_zero.copy_(zero)
 
     # -- computing -----------------------------------------------------------------------------------------
     def quantized_weight(self) -> Tensor:
@@ -311,7 +344,9 @@ class QuantizedLayer(nn.Module, MaskedDenseLayer):
         if self.weight_bits == 32:
             return w
         axis = 0 if self.options["per_channel"] else None
-        return fake_quant(w, self.weight_scale, self.weight_zero, self.weight_bits, self.options["symmetric"], axis)
+        qmin, qmax = int_range(self.weight_bits, self.options["symmetric"])
+        per_scale = w.numel() // self.weight_scale.numel()
+        return lsq_quantize(w, self.weight_scale, self.weight_zero, qmin, qmax, axis, (per_scale * qmax) ** -0.5)
 
     def quantize_input(self, x: Tensor) -> Tensor:
         if self._observing is not None:  # calibrate_activations: extremes, and a sample for the other observers
@@ -328,7 +363,9 @@ class QuantizedLayer(nn.Module, MaskedDenseLayer):
             return x.half().float()
         if self.act_bits == 32 or not bool(self.act_ready):
             return x
-        return fake_quant(x, self.act_scale, self.act_zero, self.act_bits, False, None)
+        qmin, qmax = int_range(self.act_bits, False)
+        features = x[0].numel() if x.dim() > 1 else x.numel()
+        return lsq_quantize(x, self.act_scale, self.act_zero, qmin, qmax, None, (features * qmax) ** -0.5)
 
     def forward(self, x: Tensor) -> Tensor:
         x, w = self.quantize_input(x), self.quantized_weight()

@@ -221,3 +221,59 @@ def test_report_totals_give_bits_per_weight():
         (64 * 64 * 4 + 64 * 32 + 8 * 64 * 4 + 8 * 32) / (64 * 64 + 8 * 64), abs=0.01
     )
     assert t["bits_per_weight_before"] == 32.0 and t["size_bytes"] < t["size_bytes_before"] / 7
+
+
+@settings(max_examples=40, deadline=None)
+@given(bits=st.integers(2, 8), symmetric=st.booleans(), per_channel=st.booleans(), seed=st.integers(0, 100))
+def test_lsq_forward_is_torchs_fake_quantization_bit_for_bit(bits, symmetric, per_channel, seed):
+    from factorch.layers.quantized import _qparams, lsq_quantize
+
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(5, 7, 3, generator=gen) * 3
+    rows = x.reshape(5, -1) if per_channel else x.reshape(1, -1)
+    scale, zero = _qparams(rows.amin(1) * 0.7, rows.amax(1) * 0.7, bits, symmetric)  # some values clamp
+    qmin, qmax = int_range(bits, symmetric)
+    if per_channel:
+        ref = torch.fake_quantize_per_channel_affine(x, scale, zero, 0, qmin, qmax)
+        out = lsq_quantize(x, scale, zero, qmin, qmax, 0, 1.0)
+    else:
+        ref = torch.fake_quantize_per_tensor_affine(x, scale.reshape(()), zero.reshape(()), qmin, qmax)
+        out = lsq_quantize(x, scale, zero, qmin, qmax, None, 1.0)
+    assert torch.equal(out, ref)
+
+
+def test_lsq_gradients_are_the_papers():
+    from factorch.layers.quantized import lsq_quantize
+
+    x = torch.tensor([0.3, -0.8, 5.0], requires_grad=True)
+    s = torch.tensor([1.0], requires_grad=True)
+    out = lsq_quantize(x, s, torch.zeros(1, dtype=torch.int32), -1, 1, None, 0.5)
+    assert out.tolist() == [0.0, -1.0, 1.0]
+    out.sum().backward()
+    assert x.grad.tolist() == [1.0, 1.0, 0.0]  # straight through inside the range, 0 where clamped
+    # d/ds: round(v) - v inside (0 - 0.3, -1 + 0.8), the clamped code outside (1), times the gradient scale
+    assert float(s.grad) == pytest.approx(0.5 * ((0 - 0.3) + (-1 + 0.8) + 1.0))
+
+
+def test_quantization_aware_training_learns_the_step_sizes(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 4))
+    x = torch.randn(64, 1, 8, 8)
+    data = torch.utils.data.TensorDataset(x, torch.randint(0, 4, (64,)))
+    q, _ = factorch.compress(model, factorch.QuantConfig(weight_bits=4, act_bits=4), example_inputs=x[:1],
+                             calib_data=x)  # fmt: skip
+    assert isinstance(q[0].weight_scale, nn.Parameter) and q[0].options["learn_scale"]
+    before = q[0].weight_scale.detach().clone()
+    trained = factorch.finetune(q, data, teacher=model, epochs=2, batch_size=16, show_progress=False, inplace=False)
+    assert not torch.equal(trained[0].weight_scale.detach(), before)
+    codes = trained[0].weight_codes()
+    assert int(codes.min()) >= -7 and int(codes.max()) <= 7
+    factorch.save(trained, tmp_path / "qat")
+
+    def net():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 4))
+
+    back = factorch.load(tmp_path / "qat", base_model=net())
+    torch.testing.assert_close(back.eval()(x), trained.eval()(x), rtol=0, atol=0)
+    assert not factorch.QuantConfig(weight_bits=8, act_bits=8).options()["learn_scale"]
