@@ -24,6 +24,7 @@ from factorch.config import SVDConfig as SVDConfig
 from factorch.config import TTConfig as TTConfig
 from factorch.config import Tucker2Config as Tucker2Config
 from factorch.cost import Cost as Cost
+from factorch.export import export_onnx as export_onnx
 from factorch.io import load as load
 from factorch.io import save as save
 from factorch.profiling import ForwardError as ForwardError
@@ -53,6 +54,7 @@ __all__ = [
     "FactorizationConfig",
     "PruneConfig",
     "QuantConfig",
+    "export_onnx",
     "apply_plan",
     "list_methods",
     "register_method",

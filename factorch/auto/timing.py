@@ -3,53 +3,21 @@
 from __future__ import annotations
 
 import gc
-import io
 import statistics
 import time
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
 
 from factorch.profiling import compare_latency
 from factorch.profiling.latency import batch_inputs
-
-
-def has_onnxruntime() -> bool:
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _ort_session(module: nn.Module, inputs: tuple[Tensor, ...], threads: int | None):
-    import onnxruntime as ort
-
-    buffer = io.BytesIO()
-    with torch.no_grad():
-        torch.onnx.export(
-            module.eval(),
-            inputs,
-            buffer,
-            dynamo=False,
-            input_names=[f"x{i}" for i in range(len(inputs))],
-            dynamic_axes={f"x{i}": {0: "batch"} for i in range(len(inputs))},
-        )
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or torch.get_num_threads()
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    # two sessions are timed in turn: threads spinning in the idle one would steal cores from the other
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+from factorch.profiling.onnx import has_onnxruntime, ort_session
 
 
 def _ort_pair(
     a: nn.Module, b: nn.Module, example: tuple[Tensor, ...], sizes: Sequence[int], repeats: int, threads: int | None
 ) -> dict[int, tuple[float, float]]:
-    sessions = [_ort_session(m, example, threads) for m in (a, b)]
+    sessions = [ort_session(m, example, threads) for m in (a, b)]
     out = {}
     for size in sizes:
         feeds = {f"x{i}": t.cpu().numpy() for i, t in enumerate(batch_inputs(example, size))}

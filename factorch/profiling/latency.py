@@ -252,6 +252,7 @@ def measure_latency(
     threads: int | None = None,
     warmup: int = 5,
     repeats: int = 30,
+    runtime: str = "torch",
 ) -> LatencyReport:
     """Median latency of ``model(*inputs)`` per batch size, under ``torch.inference_mode()`` in eval mode.
 
@@ -269,6 +270,9 @@ def measure_latency(
         threads: ``torch.set_num_threads`` while timing (``None``: leave it as it is).
         warmup: untimed calls per batch size.
         repeats: timed calls per batch size.
+        runtime: ``"torch"`` (eager) or ``"onnxruntime"``: the model exported to ONNX (dynamic batch) and run by
+            an ONNX Runtime CPU session, or ``model`` given as the path of an ``.onnx`` file (e.g. written by
+            :func:`factorch.export_onnx`; then ``example_inputs`` is required).
 
     Returns:
         Median, IQR, minimum and throughput per batch size.
@@ -278,6 +282,10 @@ def measure_latency(
             or a :class:`~factorch.profiling.ForwardError` when the input does not fit the model.
         TypeError: an argument of the wrong type.
     """
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    if runtime == "onnxruntime":
+        return _measure_onnxruntime(model, example_inputs, input_shape, batch_sizes, threads, warmup, repeats)
     check_model(model)
     sizes, threads, warmup, repeats = _check_timing_args(batch_sizes, threads, warmup, repeats)
     example = resolve_inputs(model, example_inputs, input_shape)
@@ -303,6 +311,53 @@ def measure_latency(
                 )
             )
     return LatencyReport(results=results, threads=used_threads, warmup=warmup, device=_device(example))
+
+
+RUNTIMES = ("torch", "onnxruntime")
+
+
+def _measure_onnxruntime(model, example_inputs, input_shape, batch_sizes, threads, warmup, repeats) -> LatencyReport:
+    from pathlib import Path
+
+    from factorch.profiling.onnx import ort_session, require_onnxruntime
+
+    require_onnxruntime("runtime='onnxruntime'")
+    sizes, threads, warmup, repeats = _check_timing_args(batch_sizes, threads, warmup, repeats)
+    if isinstance(model, (str, Path)):
+        if not Path(model).is_file():
+            raise ValueError(f"no ONNX file at {model}")
+        if example_inputs is None:
+            raise ValueError("timing an ONNX file needs example_inputs (tensors of the model's inputs)")
+        example = (example_inputs,) if isinstance(example_inputs, Tensor) else tuple(example_inputs)
+        session = ort_session(model, None, threads)
+    else:
+        check_model(model)
+        example = resolve_inputs(model, example_inputs, input_shape)
+        session = ort_session(model, tuple(t[:1] for t in example), threads)
+    names = [i.name for i in session.get_inputs()]
+    results = []
+    for batch_size in sizes:
+        feeds = {n: t.detach().cpu().numpy() for n, t in zip(names, batch_inputs(example, batch_size))}
+        for _ in range(warmup):
+            session.run(None, feeds)
+        times = []
+        gc_was = gc.isenabled()
+        gc.disable()
+        try:
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                session.run(None, feeds)
+                times.append(time.perf_counter() - t0)
+        finally:
+            if gc_was:
+                gc.enable()
+        median = statistics.median(times)
+        results.append(
+            LatencyResult(batch_size=batch_size, median_s=median, iqr_s=_spread(times), min_s=min(times),
+                          repeats=repeats, throughput=batch_size / median if median > 0 else float("inf"))
+        )  # fmt: skip
+    used = threads or torch.get_num_threads()
+    return LatencyReport(results=results, threads=used, warmup=warmup, device="cpu (onnxruntime)")
 
 
 def compare_latency(

@@ -1,0 +1,73 @@
+"""export_onnx and ONNX Runtime timing: float32 equal to torch, int8 QDQ with int8 weights, clear errors."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import factorch
+from factorch.profiling.onnx import has_onnxruntime, ort_session
+
+pytestmark = pytest.mark.skipif(not has_onnxruntime(), reason="needs the onnx extra (installed by make test)")
+
+
+def net():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10),
+    ).eval()  # fmt: skip
+
+
+X = torch.randn(32, 1, 12, 12, generator=torch.Generator().manual_seed(1))
+
+
+def run(path, x):
+    return torch.from_numpy(ort_session(path, None, 1).run(None, {"x0": x.numpy()})[0])
+
+
+def test_float_export_of_factorized_pruned_and_quantized_layers_matches_torch(tmp_path):
+    model = net()
+    plan = factorch.Plan({
+        "3": factorch.Tucker2Config(rank=0.5), "5": factorch.PruneConfig(sparsity=0.5),
+        "9": factorch.QuantConfig(weight_bits=8, act_bits=32),
+    })  # fmt: skip
+    compressed, _ = factorch.compress(model, plan, example_inputs=X[:1])
+    path = factorch.export_onnx(compressed, tmp_path / "m.onnx", X[:1])
+    torch.testing.assert_close(run(path, X), compressed(X), rtol=1e-4, atol=1e-5)
+    kinds = {type(m).__name__ for m in compressed.modules()}
+    assert {"QuantizedLayer", "PrunedLayer", "BatchNorm2d"} <= kinds  # export left the model as it was
+    report = factorch.measure_latency(str(path), X[:1], runtime="onnxruntime", batch_sizes=(1, 4), repeats=3)
+    assert report.device == "cpu (onnxruntime)" and report.median(4) > 0
+    live = factorch.measure_latency(compressed, X[:1], runtime="onnxruntime", batch_sizes=(2,), repeats=2)
+    assert live.median(2) > 0
+
+
+def test_int8_export_is_qdq_with_int8_weights_and_close_to_float(tmp_path):
+    import onnx
+
+    model = net()
+    path = factorch.export_onnx(model, tmp_path / "q.onnx", X[:1], int8=True, calib_data=X)
+    graph = onnx.load(str(path)).graph
+    ops = {n.op_type for n in graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    int8_weights = [t for t in graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4]
+    assert len(int8_weights) == 3  # every conv's weights, per channel
+    out, ref = run(path, X), model(X).detach()
+    assert float((out - ref).norm() / ref.norm()) < 0.1
+    assert np.mean((out.argmax(1) == ref.argmax(1)).numpy()) >= 0.8
+
+
+def test_export_errors_name_the_problem_and_write_nothing(tmp_path):
+    with pytest.raises(ValueError, match="needs calib_data"):
+        factorch.export_onnx(net(), tmp_path / "a.onnx", X[:1], int8=True)
+
+    class Odd(nn.Module):
+        def forward(self, x):
+            return torch.special.i0e(x)
+
+    with pytest.raises(ValueError, match="special_i0e"):
+        factorch.export_onnx(Odd(), tmp_path / "b.onnx", X[:1])
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match="runtime"):
+        factorch.measure_latency(net(), X[:1], runtime="tvm")
