@@ -13,6 +13,7 @@ from factorch.apply import apply_plan as apply_plan
 from factorch.auto import AutoConfig as AutoConfig
 from factorch.calibrate import CalibrationConfig as CalibrationConfig
 from factorch.calibrate import calibrate_ as calibrate_
+from factorch.config import BinaryConfig as BinaryConfig
 from factorch.config import CPConfig as CPConfig
 from factorch.config import FactorizationConfig as FactorizationConfig
 from factorch.config import MethodConfig as MethodConfig
@@ -54,6 +55,7 @@ __all__ = [
     "FactorizationConfig",
     "PruneConfig",
     "QuantConfig",
+    "BinaryConfig",
     "export_onnx",
     "apply_plan",
     "list_methods",

@@ -301,6 +301,35 @@ class QuantConfig(MethodConfig):
 
 
 @dataclass
+class BinaryConfig(MethodConfig):
+    """Binary weights, 1 bit each, trained through ``factorch.finetune`` (the real weights kept for the updates).
+
+    Attributes:
+        mode: ``"binaryconnect"`` (deterministic signs; Courbariaux et al. 2015), ``"bwn"`` (signs times a
+            per-filter ``alpha = mean |W|``; Rastegari et al. 2016) or ``"xnor"`` (``bwn`` with the inputs
+            binarised too, rescaled by XNOR-Net's ``beta``).
+        weight_bits: 1 (the per-layer option; nothing else is allowed).
+
+    The first conv and the final classifier stay real-valued by default, as in both papers. A binary network
+    needs fine-tuning: straight after binarisation its accuracy is near chance.
+    """
+
+    mode: str = "bwn"
+    weight_bits: int = 1
+    method: ClassVar[str] = "binary"
+    option_field: ClassVar[str] = "weight_bits"
+
+    def __post_init__(self) -> None:
+        from factorch.layers.binary import BINARY_MODES
+
+        super().__post_init__()
+        if self.mode not in BINARY_MODES:
+            raise ValueError(f"BinaryConfig(mode=...) must be one of {', '.join(BINARY_MODES)}, got {self.mode!r}")
+        if self.weight_bits != 1 or isinstance(self.weight_bits, bool):
+            raise ValueError(f"BinaryConfig(weight_bits=...) is 1 (one bit per weight), got {self.weight_bits!r}")
+
+
+@dataclass
 class Plan:
     """Per-layer configs keyed by module name.
 

@@ -5,7 +5,17 @@ from __future__ import annotations
 
 from torch import nn
 
-from factorch.config import CPConfig, PruneConfig, QuantConfig, SpatialSVDConfig, SVDConfig, TTConfig, Tucker2Config
+from factorch.config import (
+    BinaryConfig,
+    CPConfig,
+    PruneConfig,
+    QuantConfig,
+    SpatialSVDConfig,
+    SVDConfig,
+    TTConfig,
+    Tucker2Config,
+)
+from factorch.layers.binary import BinaryLayer
 from factorch.layers.cp import CPConv
 from factorch.layers.pruned import PrunedLayer
 from factorch.layers.quantized import QuantizedLayer
@@ -29,3 +39,4 @@ if "svd" not in list_methods():  # registered once per process, even if this mod
     register_method("prune", config=PruneConfig, layers={(*CONV, nn.Linear): PrunedLayer})
     # bit widths are not yet options of AutoConfig's candidates (their cost is in bits, not params or MACs)
     register_method("quant", config=QuantConfig, layers={(*CONV, nn.Linear): QuantizedLayer}, searchable=False)
+    register_method("binary", config=BinaryConfig, layers={(*CONV, nn.Linear): BinaryLayer}, searchable=False)

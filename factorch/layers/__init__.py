@@ -16,6 +16,7 @@ from factorch.layers._spec import LinearSpec as LinearSpec
 from factorch.layers.base import CompressedLayer as CompressedLayer
 from factorch.layers.base import FactorizedLayer as FactorizedLayer
 from factorch.layers.base import NotFactorizable as NotFactorizable
+from factorch.layers.binary import BinaryLayer as BinaryLayer
 from factorch.layers.cp import CPConv as CPConv
 from factorch.layers.pruned import PrunedLayer as PrunedLayer
 from factorch.layers.quantized import QuantizedLayer as QuantizedLayer
