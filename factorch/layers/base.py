@@ -98,6 +98,21 @@ class CompressedLayer:
         raise ValueError(f"{cls.__name__} does not know the packed format {fmt!r}")
 
 
+def pack_bits(flags: Tensor) -> Tensor:
+    """A boolean tensor as a uint8 tensor of its bits (row-major, most significant bit first)."""
+    import numpy as np
+
+    return torch.from_numpy(np.packbits(flags.to(torch.bool).flatten().cpu().numpy()))
+
+
+def unpack_bits(packed: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """The boolean tensor of ``shape`` that :func:`pack_bits` packed."""
+    import numpy as np
+
+    bits = np.unpackbits(packed.cpu().numpy(), count=math.prod(shape))
+    return torch.from_numpy(bits.astype(bool)).view(shape)
+
+
 def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 

@@ -12,14 +12,22 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from factorch.cost import Cost
 from factorch.layers._spec import ConvSpec, LinearSpec, spec_of
-from factorch.layers.base import MaskedDenseLayer, NotFactorizable, Spec, count_params, default_input_shape, meta_macs
+from factorch.layers.base import (
+    MaskedDenseLayer,
+    NotFactorizable,
+    Spec,
+    count_params,
+    default_input_shape,
+    meta_macs,
+    pack_bits,
+    unpack_bits,
+)
 
 BINARY_MODES = ("binaryconnect", "bwn", "xnor")
 PACKED_FORMAT = "signbits"
@@ -177,7 +185,7 @@ class BinaryLayer(nn.Module, MaskedDenseLayer):
         ``alpha`` (the same outputs, bit for bit)."""
         w = state["layer.weight"]
         packed = {k: v for k, v in state.items() if k not in ("layer.weight", "stored_alpha")}
-        packed["sign_bits"] = torch.from_numpy(np.packbits((w >= 0).flatten().cpu().numpy()))
+        packed["sign_bits"] = pack_bits(w >= 0)
         if self.mode != "binaryconnect":
             stored = state["stored_alpha"]
             computed = w.abs().mean(dim=tuple(range(1, w.dim()))).float()
@@ -189,8 +197,7 @@ class BinaryLayer(nn.Module, MaskedDenseLayer):
         if fmt != PACKED_FORMAT:
             return super().unpack_state(packed, fmt, spec)
         shape = spec.dense(device="meta").weight.shape
-        bits = np.unpackbits(packed["sign_bits"].cpu().numpy(), count=math.prod(shape))
-        signs = torch.from_numpy(bits.astype(np.float32) * 2 - 1).view(shape)
+        signs = unpack_bits(packed["sign_bits"], tuple(shape)).float() * 2 - 1
         state = {k: v for k, v in packed.items() if k not in ("sign_bits", "alpha")}
         alpha = packed.get("alpha")
         state["layer.weight"] = signs if alpha is None else signs * alpha.view(-1, *[1] * (len(shape) - 1))

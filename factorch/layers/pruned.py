@@ -5,10 +5,8 @@ still executed by the dense kernel (MACs unchanged), and ``factorch.save`` store
 
 from __future__ import annotations
 
-import math
 import numbers
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -22,6 +20,8 @@ from factorch.layers.base import (
     count_params,
     default_input_shape,
     meta_macs,
+    pack_bits,
+    unpack_bits,
 )
 
 PACKED_FORMAT = "nonzeros+bitmask"
@@ -219,10 +219,9 @@ class PrunedLayer(nn.Module, MaskedDenseLayer):
         """``layer.weight`` and ``mask`` become the non-zero values (in mask order) and the mask's bits."""
         mask = state["mask"].to(torch.bool)
         weight = state["layer.weight"]
-        bits = np.packbits(mask.flatten().cpu().numpy())
         packed = {k: v for k, v in state.items() if k not in ("mask", "layer.weight")}
         packed["values"] = weight[mask].clone()
-        packed["mask_bits"] = torch.from_numpy(bits)
+        packed["mask_bits"] = pack_bits(mask)
         return packed, PACKED_FORMAT
 
     @classmethod
@@ -230,9 +229,7 @@ class PrunedLayer(nn.Module, MaskedDenseLayer):
         if fmt != PACKED_FORMAT:
             return super().unpack_state(packed, fmt, spec)
         shape = spec.dense(device="meta").weight.shape
-        numel = math.prod(shape)
-        bits = np.unpackbits(packed["mask_bits"].cpu().numpy(), count=numel)
-        mask = torch.from_numpy(bits.astype(bool)).view(shape)
+        mask = unpack_bits(packed["mask_bits"], tuple(shape))
         values = packed["values"]
         weight = torch.zeros(shape, dtype=values.dtype)
         weight[mask] = values
