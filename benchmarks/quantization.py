@@ -1,0 +1,252 @@
+"""Quantization on the pretrained reference models: factorch vs what users would otherwise do.
+
+Rows (``--rows``, comma-separated families), every row on the shipped Fashion-MNIST weights, 512 calibration
+images from the training set (a seeded subset, no labels), test accuracy on the full test set measured once
+at the end of each row:
+
+* ``ptq``: int8 weights (per channel, symmetric) and activations (per tensor, affine), no training:
+  factorch's ``QuantConfig`` with each observer (minmax, percentile, mse), BatchNorms folded first, executed as
+  fake quantization in torch; size = what ``factorch.save`` stores.
+* ``onnx``: deployment on ONNX Runtime (CPU, ``--threads`` threads): ``factorch.export_onnx(int8=True)``
+  (static QDQ, per-channel int8 weights) against the float32 ONNX model and the dense eager float32 model,
+  latency at batch 1 and 64 (medians of paired runs); accuracy of the int8 ONNX model run by ONNX Runtime.
+* ``peers``: ONNX Runtime's ``quantize_static`` with its default settings on the plain exported model (what
+  its docs show); ``torch.ao.quantization`` and torchao where they run here (the row says why not).
+
+Run from the repository root::
+
+    .venv/bin/python benchmarks/quantization.py [--models vgg,resnet20] [--rows ptq,onnx,peers]
+
+Writes ``benchmarks/results/quantization.{json,md}`` after every row, stamped with the commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import subprocess
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+import factorch
+from factorch.data import calibration_subset, fashion_mnist
+from factorch.profiling.onnx import ort_session
+from factorch.train import evaluate
+
+RESULTS = Path(__file__).resolve().parent / "results"
+X = torch.zeros(1, 1, 28, 28)
+
+
+def commit() -> str:
+    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "factorch"], capture_output=True, text=True).stdout
+    return sha + ("+dirty" if dirty.strip() else "")
+
+
+def ort_accuracy(path: Path, test) -> float:
+    session = ort_session(path, None, None)
+    loader = DataLoader(test, batch_size=500)
+    correct = total = 0
+    for x, y in loader:
+        out = session.run(None, {"x0": x.numpy()})[0]
+        correct += int((np.argmax(out, 1) == y.numpy()).sum())
+        total += len(y)
+    return round(100.0 * correct / total, 2)
+
+
+def paired_ort_latency(paths: list[Path], dense: nn.Module, threads: int, repeats: int = 20) -> dict:
+    """Median seconds per call of each ONNX file and of the eager dense model, calls alternated."""
+    sessions = [ort_session(p, None, threads) for p in paths]
+    out = {}
+    torch.set_num_threads(threads)
+    for size in (1, 64):
+        x = X.repeat(size, 1, 1, 1)
+        feeds = {"x0": x.numpy()}
+        runs = [lambda s=s: s.run(None, feeds) for s in sessions]
+        with torch.inference_mode():
+            runs.append(lambda: dense(x))
+            for run in runs:
+                for _ in range(3):
+                    run()
+            times: list[list[float]] = [[] for _ in runs]
+            for i in range(repeats):
+                order = range(len(runs)) if i % 2 == 0 else reversed(range(len(runs)))
+                for k in order:
+                    t0 = time.perf_counter()
+                    runs[k]()
+                    times[k].append(time.perf_counter() - t0)
+        out[size] = [statistics.median(t) for t in times]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", default="vgg,resnet20")
+    parser.add_argument("--rows", default="ptq,onnx,peers")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--force", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    test = fashion_mnist("test")
+    calib = DataLoader(calibration_subset(fashion_mnist("train", augment=False), 512), batch_size=128)
+    path = RESULTS / "quantization.json"
+    out = json.loads(path.read_text()) if path.is_file() else {"models": {}}
+    out["setup"] = {
+        "commit": commit(),
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "platform": platform.platform(),
+        "calibration": "512 training images (seeded subset), no labels",
+    }
+    rows = set(args.rows.split(","))
+
+    def acc(m: nn.Module) -> float:
+        return round(evaluate(m, test, show_progress=False)["accuracy"], 2)
+
+    for name in args.models.split(","):
+        dense = factorch.models.create_model(name, pretrained=True).eval()
+        res = out["models"].setdefault(name, {"dense_accuracy": acc(dense), "rows": {}})
+        print(f"== {name}: dense {res['dense_accuracy']} %", flush=True)
+        plan = []
+        if "ptq" in rows:
+            for observer in ("minmax", "percentile", "mse"):
+                plan.append((f"int8 PTQ factorch ({observer})", lambda o=observer: ptq(dense, calib, o, acc)))
+        if "onnx" in rows:
+            plan.append(("int8 ONNX Runtime (factorch.export_onnx)", lambda: onnx_row(dense, calib, test, args)))
+        if "peers" in rows:
+            plan.append(("int8 ONNX Runtime quantize_static (defaults)", lambda: ort_defaults(dense, calib, test)))
+            plan.append(("torch.ao.quantization (eager, fbgemm)", lambda: torch_ao(dense, calib, acc)))
+            plan.append(("torchao quantize_ (int8 weights + activations)", lambda: torchao_row(dense, acc)))
+        for row, build in plan:
+            kept = res["rows"].get(row, {})
+            if kept.get("commit") == out["setup"]["commit"] and not args.force:
+                print(f"   {row}: kept", flush=True)
+                continue
+            print(f"-- {name} {row}", flush=True)
+            t0 = time.perf_counter()
+            try:
+                record = build()
+                if "accuracy" in record:
+                    record["drop"] = round(res["dense_accuracy"] - record["accuracy"], 2)
+            except Exception as err:  # noqa: BLE001 - a tool that cannot run a case is a result, with its error
+                record = {"error": f"{type(err).__name__}: {err}"[:300], "trace": traceback.format_exc()[-800:]}
+            record.update(time_s=round(time.perf_counter() - t0, 1), commit=out["setup"]["commit"])
+            res["rows"][row] = record
+            print(f"   {json.dumps({k: v for k, v in record.items() if k != 'trace'})}", flush=True)
+            write(out)
+
+
+def ptq(dense: nn.Module, calib, observer: str, acc) -> dict:
+    cfg = factorch.QuantConfig(weight_bits=8, act_bits=8, observer=observer)
+    q, report = factorch.compress(dense, cfg, example_inputs=X, calib_data=calib, fold_bn=True)
+    t = report.totals
+    return {"accuracy": acc(q), "size_ratio": t["size_ratio"], "bits_per_weight": t["bits_per_weight"]}
+
+
+def onnx_row(dense: nn.Module, calib, test, args) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        f32 = factorch.export_onnx(dense, Path(tmp) / "f32.onnx", X)
+        i8 = factorch.export_onnx(dense, Path(tmp) / "i8.onnx", X, int8=True, calib_data=calib)
+        lat = paired_ort_latency([f32, i8], dense, args.threads)
+        return {
+            "accuracy": ort_accuracy(i8, test),
+            "float_onnx_accuracy": ort_accuracy(f32, test),
+            "size_ratio": i8.stat().st_size / f32.stat().st_size,
+            **{f"int8_vs_float_onnx_b{b}": v[1] / v[0] for b, v in lat.items()},
+            **{f"int8_vs_eager_b{b}": v[1] / v[2] for b, v in lat.items()},
+            **{f"float_onnx_vs_eager_b{b}": v[0] / v[2] for b, v in lat.items()},
+        }
+
+
+def ort_defaults(dense: nn.Module, calib, test) -> dict:
+    from onnxruntime.quantization import CalibrationDataReader, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{"x0": x.numpy()} for x, _ in calib])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        f32 = factorch.export_onnx(dense, Path(tmp) / "f32.onnx", X, fold_bn=False)  # the plain exported model
+        i8 = Path(tmp) / "i8.onnx"
+        quantize_static(str(f32), str(i8), Reader())
+        lat = paired_ort_latency([f32, i8], dense, torch.get_num_threads())
+        return {
+            "accuracy": ort_accuracy(i8, test),
+            "size_ratio": i8.stat().st_size / f32.stat().st_size,
+            **{f"int8_vs_float_onnx_b{b}": v[1] / v[0] for b, v in lat.items()},
+            **{f"int8_vs_eager_b{b}": v[1] / v[2] for b, v in lat.items()},
+        }
+
+
+def torch_ao(dense: nn.Module, calib, acc) -> dict:
+    import torch.ao.quantization as tq  # deprecated in favour of torchao; eager mode needs QuantStubs
+
+    model = copy.deepcopy(nn.Sequential(tq.QuantStub(), dense, tq.DeQuantStub())).eval()
+    model.qconfig = tq.get_default_qconfig("fbgemm")
+    prepared = tq.prepare(model)
+    with torch.no_grad():
+        for x, _ in calib:
+            prepared(x)
+    converted = tq.convert(prepared)
+    return {"accuracy": acc(converted)}
+
+
+def torchao_row(dense: nn.Module, acc) -> dict:
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_  # not a factorch dependency
+
+    model = copy.deepcopy(dense).eval()
+    quantize_(model, Int8DynamicActivationInt8WeightConfig())  # its CPU configs act on nn.Linear layers
+    return {"accuracy": acc(model), "note": "torchao quantizes the Linear layers only"}
+
+
+def write(out: dict) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "quantization.json").write_text(json.dumps(out, indent=2) + "\n")
+    s = out["setup"]
+    lines = [
+        "# quantization: factorch vs ONNX Runtime's quantize_static vs torch.ao",
+        "",
+        f"commit {s['commit']}, torch {s['torch']}, {s['threads']} threads, {s['platform']}. Calibration: "
+        f"{s['calibration']}. Test accuracy measured once per row. Latency: ONNX Runtime CPU, medians of 20 "
+        "alternated calls; ratios against the float32 ONNX model and against the dense eager torch model.",
+        "",
+    ]
+    for name, res in out["models"].items():
+        lines += [
+            f"## {name} (dense {res['dense_accuracy']:.2f} %)",
+            "",
+            "| row | accuracy % | drop | size x | int8/float ONNX b1 | b64 | int8/eager b1 | b64 | commit |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for row, r in res["rows"].items():
+            if "error" in r:
+                lines.append(f"| {row} | cannot run: {r['error']} | | | | | | | {r['commit']} |")
+                continue
+
+            def f(key, r=r):
+                return f"{r[key]:.3f}" if r.get(key) is not None else "-"
+
+            lines.append(
+                f"| {row} | {r['accuracy']:.2f} | {r['drop']:+.2f} | {f('size_ratio')} | "
+                f"{f('int8_vs_float_onnx_b1')} | {f('int8_vs_float_onnx_b64')} | {f('int8_vs_eager_b1')} | "
+                f"{f('int8_vs_eager_b64')} | {r['commit']} |"
+            )
+        lines.append("")
+    (RESULTS / "quantization.md").write_text("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
