@@ -16,6 +16,7 @@ from factorch.calibrate import calibrate_ as calibrate_
 from factorch.config import BinaryConfig as BinaryConfig
 from factorch.config import CPConfig as CPConfig
 from factorch.config import FactorizationConfig as FactorizationConfig
+from factorch.config import KMeansConfig as KMeansConfig
 from factorch.config import MethodConfig as MethodConfig
 from factorch.config import Plan as Plan
 from factorch.config import PruneConfig as PruneConfig
@@ -56,6 +57,7 @@ __all__ = [
     "PruneConfig",
     "QuantConfig",
     "BinaryConfig",
+    "KMeansConfig",
     "export_onnx",
     "apply_plan",
     "list_methods",

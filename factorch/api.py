@@ -131,6 +131,8 @@ def _compress_by_plan(
             "activation ranges are set on calibration inputs (or act_bits=32 to quantize the weights only)"
         )
     _refuse_requantizing(model, configs)
+    if any(c.method == "kmeans" for c in configs):  # pruned weights: zeros that k-means keeps (Deep Compression)
+        model = _pruned_as_dense(model, inplace=inplace)
     original = copy.deepcopy(model) if settings is not None and inplace else model
     work, report = apply_plan(
         model, plan, example_inputs=example_inputs, inplace=inplace, keep_edges=keep_edges, fold_bn=fold_bn

@@ -221,7 +221,7 @@ def _compress_layer(
     else:
         new = cls.from_dense(layer, ranks, **options)
     row.method, row.ranks = method, tuple(ranks)
-    _fill_row(row, before, after)
+    _fill_row(row, before, new.layer_cost(input_size).scaled_macs(per_position))  # as built (e.g. zeros kept)
     row.rel_error = _weight_error(layer, new)
     replace_module(work, name, new)
 

@@ -330,6 +330,29 @@ class BinaryConfig(MethodConfig):
 
 
 @dataclass
+class KMeansConfig(MethodConfig):
+    """Weight sharing: each layer's weights clustered by 1-D k-means into ``2**bits`` shared values (Deep
+    Compression's second stage; linear centroid initialisation, as the paper recommends). Weights that are
+    exactly zero (pruned) stay zero and are not clustered. The centroids are trained by ``factorch.finetune``
+    (the gradients of each cluster's weights summed into its centroid).
+
+    Attributes:
+        bits: bits per index (1..8), or ``"elbow"``: per layer, the bit width at the elbow of the k-means
+            distortion curve (:func:`factorch.layers.shared.elbow_bits`).
+    """
+
+    bits: Any = 4
+    method: ClassVar[str] = "kmeans"
+    option_field: ClassVar[str] = "bits"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        b = self.bits
+        if b != "elbow" and (isinstance(b, bool) or not isinstance(b, numbers.Integral) or not 1 <= b <= 8):
+            raise ValueError(f"KMeansConfig(bits=...) must be an int in 1..8 or 'elbow', got {b!r}")
+
+
+@dataclass
 class Plan:
     """Per-layer configs keyed by module name.
 

@@ -8,6 +8,7 @@ from torch import nn
 from factorch.config import (
     BinaryConfig,
     CPConfig,
+    KMeansConfig,
     PruneConfig,
     QuantConfig,
     SpatialSVDConfig,
@@ -19,6 +20,7 @@ from factorch.layers.binary import BinaryLayer
 from factorch.layers.cp import CPConv
 from factorch.layers.pruned import PrunedLayer
 from factorch.layers.quantized import QuantizedLayer
+from factorch.layers.shared import SharedWeightLayer
 from factorch.layers.spatial import SpatialSVDConv2d
 from factorch.layers.svd import LowRankLinear, SVDConv
 from factorch.layers.tt import TTEmbedding, TTLinear
@@ -40,3 +42,4 @@ if "svd" not in list_methods():  # registered once per process, even if this mod
     # bit widths are not yet options of AutoConfig's candidates (their cost is in bits, not params or MACs)
     register_method("quant", config=QuantConfig, layers={(*CONV, nn.Linear): QuantizedLayer}, searchable=False)
     register_method("binary", config=BinaryConfig, layers={(*CONV, nn.Linear): BinaryLayer}, searchable=False)
+    register_method("kmeans", config=KMeansConfig, layers={(*CONV, nn.Linear): SharedWeightLayer}, searchable=False)
