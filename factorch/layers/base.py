@@ -385,8 +385,37 @@ def require_conv(method: str, spec: Spec, dims: tuple[int, ...] = (1, 2)) -> Con
 
 class MaskedDenseLayer(CompressedLayer):
     """The frame of the compressed layers that keep their dense layer whole and change how its weights are
-    used (a pruning mask, a quantization grid): their rank problem has no spectra, and their cost is priced by
-    ``option_cost`` on the dense layer's spec."""
+    used (a pruning mask, a quantization grid, shared values): their rank problem has no spectra, their cost is
+    priced by ``option_cost`` on the dense layer's spec, and they compute the dense layer (:attr:`layer`, its
+    structure and bias) with the weight :meth:`effective_weight` gives."""
+
+    layer: nn.Module
+
+    def effective_weight(self) -> Tensor:
+        """The weight this layer computes with (differentiable: what training updates flows through it)."""
+        raise NotImplementedError
+
+    def dense_forward(self, x: Tensor, weight: Tensor) -> Tensor:
+        """The dense layer's operation on ``x`` with ``weight`` (and its own bias, stride, padding...)."""
+        if isinstance(self.spec, ConvSpec):
+            return self.layer._conv_forward(x, weight, self.layer.bias)
+        return nn.functional.linear(x, weight, self.layer.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dense_forward(x, self.effective_weight())
+
+    def reconstruct_weight(self) -> Tensor:
+        return self.effective_weight().detach().double()
+
+    def to_dense(self) -> nn.Module:
+        """The dense layer with the effective weight: what this layer computes (for weights-only methods)."""
+        weight = self.effective_weight().detach()
+        dense = self.spec.dense(device=weight.device)
+        with torch.no_grad():
+            dense.weight.copy_(weight)
+            if self.layer.bias is not None:
+                dense.bias.copy_(self.layer.bias)
+        return dense
 
     @classmethod
     def cost(cls, spec: Spec, ranks: tuple[int, ...], input_size=None, **options) -> tuple[int, int]:

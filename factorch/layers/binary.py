@@ -40,7 +40,7 @@ def binarize(w: Tensor) -> Tensor:
     return clipped + (signs - clipped).detach()
 
 
-class BinaryLayer(nn.Module, MaskedDenseLayer):
+class BinaryLayer(MaskedDenseLayer, nn.Module):
     """A dense ``nn.Conv1d`` / ``nn.Conv2d`` / ``nn.Linear`` computing with binary weights (see the module
     docstring). Its option is ``(1,)``: one bit per weight. ``to_dense()`` gives the dense layer with the
     scaled signs as weights (exact for ``binaryconnect`` and ``bwn``; ``xnor`` also binarises its inputs, which
@@ -160,20 +160,9 @@ class BinaryLayer(nn.Module, MaskedDenseLayer):
             if bias is not None:
                 out = out + (bias if isinstance(self.spec, LinearSpec) else bias.view(1, -1, *[1] * (x.dim() - 2)))
             return out
-        if isinstance(self.spec, ConvSpec):
-            return self.layer._conv_forward(x, w, self.layer.bias)
-        return F.linear(x, w, self.layer.bias)
+        return self.dense_forward(x, w)
 
-    def reconstruct_weight(self) -> Tensor:
-        return self.binary_weight().detach().double()
-
-    def to_dense(self) -> nn.Module:
-        dense = self.spec.dense(device=self.layer.weight.device)
-        with torch.no_grad():
-            dense.weight.copy_(self.binary_weight())
-            if self.layer.bias is not None:
-                dense.bias.copy_(self.layer.bias)
-        return dense
+    effective_weight = binary_weight  # to_dense: exact for binaryconnect and bwn (xnor binarises inputs too)
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}"

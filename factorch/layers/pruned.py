@@ -8,7 +8,6 @@ from __future__ import annotations
 import numbers
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from factorch.cost import Cost
@@ -58,7 +57,7 @@ def magnitude_mask(weight: Tensor, kept: int) -> Tensor:
     return mask.view_as(weight)
 
 
-class PrunedLayer(nn.Module, MaskedDenseLayer):
+class PrunedLayer(MaskedDenseLayer, nn.Module):
     """A dense ``nn.Conv1d`` / ``nn.Conv2d`` / ``nn.Linear`` (kept whole as :attr:`layer`) computing with
     ``layer.weight * mask``.
 
@@ -179,22 +178,8 @@ class PrunedLayer(nn.Module, MaskedDenseLayer):
             dense.weight.mul_(mask)
         return cls(dense, spec, mask, criterion=criterion)
 
-    def forward(self, x: Tensor) -> Tensor:
-        weight = self.layer.weight * self.mask
-        if isinstance(self.spec, ConvSpec):
-            return self.layer._conv_forward(x, weight, self.layer.bias)
-        return F.linear(x, weight, self.layer.bias)
-
-    def reconstruct_weight(self) -> Tensor:
-        return (self.layer.weight * self.mask).detach().double()
-
-    def to_dense(self) -> nn.Module:
-        dense = self.spec.dense(device=self.mask.device)
-        with torch.no_grad():
-            dense.weight.copy_(self.layer.weight * self.mask)
-            if self.layer.bias is not None:
-                dense.bias.copy_(self.layer.bias)
-        return dense
+    def effective_weight(self) -> Tensor:
+        return self.layer.weight * self.mask
 
     def recompress(self, rank, *, input_size=None, name: str = "") -> PrunedLayer:
         """This layer pruned further (``self`` untouched): the largest surviving weights are kept."""

@@ -18,7 +18,6 @@ import numbers
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from factorch.cost import Cost
@@ -155,7 +154,7 @@ def unpack_codes(packed: Tensor, bits: int, offset: int, numel: int) -> Tensor:
     return torch.from_numpy(values + offset)
 
 
-class QuantizedLayer(nn.Module, MaskedDenseLayer):
+class QuantizedLayer(MaskedDenseLayer, nn.Module):
     """A dense ``nn.Conv1d`` / ``nn.Conv2d`` / ``nn.Linear`` (kept whole as :attr:`layer`, its float weights the
     ones fine-tuning updates) computing with fake-quantized weights and, when ``act_bits < 32``, fake-quantized
     inputs.
@@ -368,21 +367,10 @@ class QuantizedLayer(nn.Module, MaskedDenseLayer):
         return lsq_quantize(x, self.act_scale, self.act_zero, qmin, qmax, None, (features * qmax) ** -0.5)
 
     def forward(self, x: Tensor) -> Tensor:
-        x, w = self.quantize_input(x), self.quantized_weight()
-        if isinstance(self.spec, ConvSpec):
-            return self.layer._conv_forward(x, w, self.layer.bias)
-        return F.linear(x, w, self.layer.bias)
+        return self.dense_forward(self.quantize_input(x), self.quantized_weight())
 
-    def reconstruct_weight(self) -> Tensor:
-        return self.quantized_weight().detach().double()
-
-    def to_dense(self) -> nn.Module:
-        dense = self.spec.dense(device=self.layer.weight.device)
-        with torch.no_grad():
-            dense.weight.copy_(self.quantized_weight())
-            if self.layer.bias is not None:
-                dense.bias.copy_(self.layer.bias)
-        return dense
+    def effective_weight(self) -> Tensor:
+        return self.quantized_weight()
 
     def weight_codes(self) -> Tensor:
         """The integer codes of the weights (int64), for integer weight bits."""

@@ -15,7 +15,6 @@ import math
 import numbers
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from factorch.cost import Cost
@@ -79,7 +78,7 @@ def elbow_bits(values: Tensor, candidates: tuple[int, ...] = SHARED_BITS) -> int
     return candidates[max(range(len(candidates)), key=lambda i: (gap[i], -i))]
 
 
-class SharedWeightLayer(nn.Module, MaskedDenseLayer):
+class SharedWeightLayer(MaskedDenseLayer, nn.Module):
     """A dense ``nn.Conv1d`` / ``nn.Conv2d`` / ``nn.Linear`` whose weights are ``centroids[codes] * mask``.
 
     Its option is ``(bits,)``: the codebook has ``2**bits`` entries. ``to_dense()`` gives the dense layer with
@@ -193,22 +192,7 @@ class SharedWeightLayer(nn.Module, MaskedDenseLayer):
     def shared_weight(self) -> Tensor:
         return self.centroids[self.codes.long()] * self.mask
 
-    def forward(self, x: Tensor) -> Tensor:
-        w = self.shared_weight()
-        if isinstance(self.spec, ConvSpec):
-            return self.layer._conv_forward(x, w, self.layer.bias)
-        return F.linear(x, w, self.layer.bias)
-
-    def reconstruct_weight(self) -> Tensor:
-        return self.shared_weight().detach().double()
-
-    def to_dense(self) -> nn.Module:
-        dense = self.spec.dense(device=self.centroids.device)
-        with torch.no_grad():
-            dense.weight.copy_(self.shared_weight())
-            if self.layer.bias is not None:
-                dense.bias.copy_(self.layer.bias)
-        return dense
+    effective_weight = shared_weight
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, kept={int(self.mask.sum())}/{self.mask.numel()}"
