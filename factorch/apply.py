@@ -172,6 +172,17 @@ def _global_prune_counts(layers: list[tuple[str, nn.Module]], plan: Plan, edges:
     return counts
 
 
+def _refused(cls, cfg: MethodConfig, method: str, ranks, before: Cost, after: Cost, row: LayerReport) -> bool:
+    """Say in ``row`` why the compressed layer is not kept (not smaller, and no ``allow_larger``)."""
+    why_not = cls.worth_it(before, after)
+    if why_not is None or getattr(cfg, "allow_larger", False):
+        return False
+    row.skipped = f"{method} at {'/'.join(cls.rank_names)} {ranks} would not be smaller ({why_not})"
+    if hasattr(cfg, "allow_larger"):
+        row.skipped += "; allow_larger=True keeps it anyway"
+    return True
+
+
 def _compresses_edges(cfg: MethodConfig, layer: nn.Module) -> bool:
     """Whether ``cfg``'s method compresses the first conv / final classifier by default (quantization does)."""
     try:
@@ -209,19 +220,19 @@ def _compress_layer(
             raise ValueError(f"layer {name!r} ({type(layer).__name__}): {err}") from err
         row.skipped = str(err)  # a model-wide rank that this particular layer cannot take
         return
-    why_not = cls.worth_it(before, after)
-    if why_not is not None and not getattr(cfg, "allow_larger", False):
-        row.skipped = f"{method} at {'/'.join(cls.rank_names)} {ranks} would not be smaller ({why_not})"
-        if hasattr(cfg, "allow_larger"):
-            row.skipped += "; allow_larger=True keeps it anyway"
+    priced_when_built = getattr(cls, "priced_when_built", False)  # its cost depends on the weights
+    if not priced_when_built and _refused(cls, cfg, method, ranks, before, after, row):
         return
     ready = (prebuilt or {}).get(name)
     if ready is not None and (ready.method, tuple(ready.ranks)) == (method, tuple(ranks)):
         new = copy.deepcopy(ready)
     else:
         new = cls.from_dense(layer, ranks, **options)
+    after = new.layer_cost(input_size).scaled_macs(per_position)  # as built (e.g. the zeros it keeps)
+    if priced_when_built and _refused(cls, cfg, method, ranks, before, after, row):
+        return
     row.method, row.ranks = method, tuple(ranks)
-    _fill_row(row, before, new.layer_cost(input_size).scaled_macs(per_position))  # as built (e.g. zeros kept)
+    _fill_row(row, before, after)
     row.rel_error = _weight_error(layer, new)
     replace_module(work, name, new)
 

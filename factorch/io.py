@@ -43,14 +43,18 @@ def model_plan(model: nn.Module) -> dict:
     return plan
 
 
-def _packed_state(model: nn.Module, plan: dict) -> dict[str, torch.Tensor]:
-    """The state dict, each compressed layer's entries in its own compact format (recorded in ``plan``)."""
+def _packed_state(model: nn.Module, plan: dict, huffman: bool = False) -> dict[str, torch.Tensor]:
+    """The state dict, each compressed layer's entries in its own compact format (recorded in ``plan``);
+    with ``huffman``, the sparse layers' in their Huffman-coded format."""
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     for name in plan["layers"]:
         layer = model.get_submodule(name)
         prefix = name + "."
         own = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-        packed, fmt = layer.pack_state(own)
+        if huffman and hasattr(layer, "pack_state_huffman"):
+            packed, fmt = layer.pack_state_huffman(own)
+        else:
+            packed, fmt = layer.pack_state(own)
         if fmt is None:
             continue
         for k in own:
@@ -60,17 +64,27 @@ def _packed_state(model: nn.Module, plan: dict) -> dict[str, torch.Tensor]:
     return state
 
 
-def save(model: nn.Module, path: str | Path) -> Path:
+def save(model: nn.Module, path: str | Path, *, pack: bool = False) -> Path:
     """Write ``path/plan.json`` and ``path/weights.pt`` (a state dict that ``torch.load(weights_only=True)``
     reads; compressed layers in their compact format, e.g. a pruned layer's non-zeros and a 1-bit mask).
     Both files are written under temporary names first, so a failed save leaves nothing half-written.
-    Returns the folder."""
+
+    ``pack=True``: Deep Compression's format for the pruned and weight-shared layers: the positions of the
+    non-zeros as Huffman-coded gaps and the weight-sharing indices Huffman-coded; a model with neither is
+    refused. :func:`load` restores the same model bit for bit. Returns the folder."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     plan = model_plan(model)
-    state = _packed_state(model, plan)
+    if pack:
+        if not any(_packs(model.get_submodule(n)) for n in plan["layers"]):
+            raise ValueError(
+                "save(pack=True) Huffman-codes the positions of pruned weights and the weight-sharing indices "
+                "(Deep Compression); this model has neither: compress it with PruneConfig and/or KMeansConfig "
+                "first, or save it with pack=False"
+            )
+    path.mkdir(parents=True, exist_ok=True)
+    state = _packed_state(model, plan, huffman=pack)
     tmp_plan, tmp_weights = path / (PLAN_FILE + ".tmp"), path / (WEIGHTS_FILE + ".tmp")
     try:
         tmp_plan.write_text(json.dumps(plan, indent=2) + "\n")
@@ -81,6 +95,15 @@ def save(model: nn.Module, path: str | Path) -> Path:
         for tmp in (tmp_plan, tmp_weights):
             tmp.unlink(missing_ok=True)
     return path
+
+
+def _packs(layer: nn.Module) -> bool:
+    """Whether Deep Compression's format has something to code in ``layer``: weight-sharing indices, or the
+    positions of pruned weights."""
+    if not hasattr(layer, "pack_state_huffman"):
+        return False
+    mask = getattr(layer, "mask", None)
+    return getattr(layer, "method", "") == "kmeans" or (isinstance(mask, torch.Tensor) and not bool(mask.all()))
 
 
 def _layer_class(name: str, desc: dict):

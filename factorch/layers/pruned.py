@@ -5,6 +5,7 @@ still executed by the dense kernel (MACs unchanged), and ``factorch.save`` store
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import torch
@@ -24,6 +25,7 @@ from factorch.layers.base import (
 )
 
 PACKED_FORMAT = "nonzeros+bitmask"
+HUFFMAN_FORMAT = "nonzeros+huffman"
 
 
 def kept_count(numel: int, option) -> int:
@@ -209,8 +211,30 @@ class PrunedLayer(MaskedDenseLayer, nn.Module):
         packed["mask_bits"] = pack_bits(mask)
         return packed, PACKED_FORMAT
 
+    def pack_state_huffman(self, state: dict[str, Tensor]) -> tuple[dict[str, Tensor], str]:
+        """The non-zero values, their positions as Huffman-coded gaps (Deep Compression's sparse storage)."""
+        from factorch.huffman import encode_positions, stream_tensors
+
+        mask = state["mask"].to(torch.bool)
+        packed = {k: v for k, v in state.items() if k not in ("mask", "layer.weight")}
+        packed["values"] = state["layer.weight"][mask].clone()
+        packed.update(stream_tensors(encode_positions(mask.flatten().cpu().numpy()), "positions"))
+        return packed, HUFFMAN_FORMAT
+
     @classmethod
     def unpack_state(cls, packed: dict[str, Tensor], fmt: str, spec: Spec) -> dict[str, Tensor]:
+        if fmt == HUFFMAN_FORMAT:
+            from factorch.huffman import decode_positions, stream_from_tensors
+
+            shape = spec.dense(device="meta").weight.shape
+            state = dict(packed)
+            mask = torch.from_numpy(decode_positions(stream_from_tensors(state, "positions"), math.prod(shape)))
+            mask = mask.view(shape)
+            values = state.pop("values")
+            weight = torch.zeros(shape, dtype=values.dtype)
+            weight[mask] = values
+            state["layer.weight"], state["mask"] = weight, mask
+            return state
         if fmt != PACKED_FORMAT:
             return super().unpack_state(packed, fmt, spec)
         shape = spec.dense(device="meta").weight.shape

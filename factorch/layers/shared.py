@@ -32,6 +32,7 @@ from factorch.layers.base import (
 from factorch.layers.quantized import pack_codes, unpack_codes
 
 PACKED_FORMAT = "codebook"
+HUFFMAN_FORMAT = "codebook+huffman"
 SHARED_BITS = tuple(range(1, 9))
 
 
@@ -91,6 +92,7 @@ class SharedWeightLayer(MaskedDenseLayer, nn.Module):
     method = "kmeans"
     rank_names = ("bits",)
     exact_at_full_rank = False
+    priced_when_built = True  # pruned weights (kept zeros) make it smaller than its option alone says
 
     def __init__(self, layer: nn.Module, spec: Spec, bits: int) -> None:
         super().__init__()
@@ -206,11 +208,36 @@ class SharedWeightLayer(MaskedDenseLayer, nn.Module):
             packed["mask_bits"] = pack_bits(mask)
         return packed, PACKED_FORMAT
 
+    def pack_state_huffman(self, state: dict[str, Tensor]) -> tuple[dict[str, Tensor], str]:
+        """Deep Compression's storage: the non-zeros' positions as Huffman-coded gaps, their codebook indices
+        Huffman-coded, the codebook and biases in float32."""
+        from factorch.huffman import encode, encode_positions, stream_tensors
+
+        mask = state["mask"].to(torch.bool)
+        packed = {k: v for k, v in state.items() if k not in ("codes", "mask")}
+        if not bool(mask.all()):  # a dense layer's positions are implied
+            packed.update(stream_tensors(encode_positions(mask.flatten().cpu().numpy()), "positions"))
+        packed.update(stream_tensors(encode(state["codes"][mask].long().cpu().numpy()), "indices"))
+        return packed, HUFFMAN_FORMAT
+
     @classmethod
     def unpack_state(cls, packed: dict[str, Tensor], fmt: str, spec: Spec) -> dict[str, Tensor]:
+        shape = tuple(spec.dense(device="meta").weight.shape)
+        if fmt == HUFFMAN_FORMAT:
+            from factorch.huffman import decode, decode_positions, stream_from_tensors
+
+            state = dict(packed)
+            if "positions" in state:
+                flat = decode_positions(stream_from_tensors(state, "positions"), math.prod(shape))
+                mask = torch.from_numpy(flat).view(shape)
+            else:
+                mask = torch.ones(shape, dtype=torch.bool)
+            codes = torch.zeros(shape, dtype=torch.int16)
+            codes[mask] = torch.from_numpy(decode(stream_from_tensors(state, "indices"))).to(torch.int16)
+            state.update(codes=codes, mask=mask)
+            return state
         if fmt != PACKED_FORMAT:
             return super().unpack_state(packed, fmt, spec)
-        shape = tuple(spec.dense(device="meta").weight.shape)
         mask = unpack_bits(packed["mask_bits"], shape) if "mask_bits" in packed else torch.ones(shape, dtype=torch.bool)
         bits = int(math.log2(packed["centroids"].numel()))
         codes = torch.zeros(shape, dtype=torch.int16)
