@@ -239,6 +239,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the stepped run in OUT/stages")
     _add_threads(p)
 
+    p = sub.add_parser(
+        "quantize",
+        help="quantize a model: int8 (or 2-8 bit, half) weights and activations, binary weights, or k-means "
+        "weight sharing; calibrated on training images, optionally fine-tuned with distillation",
+    )
+    p.add_argument("model", help="registry name, saved folder, checkpoint, or package.module:factory")
+    p.add_argument("--pretrained", action="store_true", help="start from the shipped Fashion-MNIST weights")
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--binary", choices=["binaryconnect", "bwn", "xnor"], help="binary weights in this mode")
+    kind.add_argument("--kmeans", metavar="BITS", help="k-means weight sharing at BITS (1-8) or 'elbow'")
+    p.add_argument("--weight-bits", type=int, default=8, help="2-8, 16 (half) or 32 (float)")
+    p.add_argument("--act-bits", type=int, default=8, help="2-8, 16 (half) or 32 (weights only)")
+    p.add_argument("--observer", default="minmax", choices=["minmax", "percentile", "mse"])
+    p.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor (default: per channel)")
+    p.add_argument("--calib", type=int, default=512, help="training images that set the activation ranges")
+    p.add_argument("--finetune-epochs", type=int, default=0, metavar="E", help="distillation epochs after (QAT)")
+    p.add_argument("--finetune-lr", type=float, default=0.01)
+    p.add_argument("--pack", action="store_true", help="save in Deep Compression's Huffman-coded format")
+    p.add_argument("--input-shape", type=_parse_shape, default=(1, 1, 28, 28))
+    p.add_argument("--out", required=True, help="folder for the quantized model, report.md and report.json")
+    p.add_argument("--no-eval", action="store_true", help="skip the test-accuracy evaluation")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    _add_threads(p)
+
+    p = sub.add_parser("export", help="export a model to ONNX (float32, or static int8 that ONNX Runtime runs fast)")
+    p.add_argument("model", help="registry name, saved folder, checkpoint, or package.module:factory")
+    p.add_argument("--pretrained", action="store_true", help="start from the shipped Fashion-MNIST weights")
+    p.add_argument("--out", required=True, help="the .onnx file to write")
+    p.add_argument("--int8", action="store_true", help="static QDQ int8, per-channel weights (ONNX Runtime)")
+    p.add_argument("--calib", type=int, default=512, help="int8: training images that set the activation ranges")
+    p.add_argument("--input-shape", type=_parse_shape, default=(1, 1, 28, 28))
+    p.add_argument("--time", action="store_true", help="time the exported model on ONNX Runtime (batch 1 and 64)")
+    p.add_argument("--data-root", default=None)
+    _add_threads(p)
+
     p = sub.add_parser("finetune", help="fine-tune a compressed model, optionally distilling from the original")
     p.add_argument("dir", help="a folder written by `factorch compress`")
     p.add_argument("--epochs", type=int, default=1)
@@ -580,6 +616,61 @@ def _write_compressed(args: argparse.Namespace, compressed, report) -> None:
     console.print(f"saved to {out} (plan.json, weights.pt, report.md, report.json)")
 
 
+def cmd_quantize(args: argparse.Namespace) -> int:
+    import factorch
+    from factorch.data import fashion_mnist
+    from factorch.resolve import load_model
+    from factorch.train import evaluate
+
+    model = load_model(args.model, pretrained=args.pretrained)
+    x = torch.randn(*args.input_shape)
+    if args.binary:
+        config = factorch.BinaryConfig(mode=args.binary)
+    elif args.kmeans:
+        config = factorch.KMeansConfig(bits=args.kmeans if args.kmeans == "elbow" else int(args.kmeans))
+    else:
+        config = factorch.QuantConfig(
+            weight_bits=args.weight_bits, act_bits=args.act_bits, observer=args.observer,
+            per_channel=not args.per_tensor, calib_samples=args.calib,
+        )  # fmt: skip
+    if args.finetune_epochs < 0:
+        raise ValueError(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")
+    calib = _calibration(args, args.calib) if config.uses_calib_data else None
+    t0 = time.perf_counter()
+    quantized, report = factorch.compress(model, config, example_inputs=x, calib_data=calib)
+    if args.finetune_epochs:
+        quantized = factorch.finetune(
+            quantized, fashion_mnist("train", args.data_root), teacher=model, epochs=args.finetune_epochs,
+            lr=args.finetune_lr, seed=args.seed, out_dir=Path(args.out) / "finetune", resume=True, inplace=True,
+        )  # fmt: skip
+    report.totals["compress_time_s"] = round(time.perf_counter() - t0, 2)
+    if not args.no_eval:
+        test = fashion_mnist("test", args.data_root)
+        before = evaluate(model, test, description="evaluate float")["accuracy"]
+        after = evaluate(quantized, test, description="evaluate quantized")["accuracy"]
+        report.totals.update(accuracy_before=round(before, 2), accuracy_after=round(after, 2))
+    _write_compressed(args, quantized, report)
+    if args.pack:
+        factorch.save(quantized, Path(args.out), pack=True)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import factorch
+    from factorch.resolve import load_model
+
+    model = load_model(args.model, pretrained=args.pretrained)
+    x = torch.randn(*args.input_shape)
+    calib = _calibration(args, args.calib) if args.int8 else None
+    path = factorch.export_onnx(model, args.out, x, int8=args.int8, calib_data=calib)
+    console.print(f"wrote {path} ({path.stat().st_size:,} bytes, {'int8 QDQ' if args.int8 else 'float32'})")
+    if args.time:
+        report = factorch.measure_latency(str(path), x, runtime="onnxruntime", threads=args.threads)
+        for size in (1, 64):
+            console.print(f"ONNX Runtime, batch {size}: {report.median(size) * 1e3:.3f} ms (median)")
+    return 0
+
+
 def cmd_finetune(args: argparse.Namespace) -> int:
     import factorch
     from factorch.data import fashion_mnist
@@ -685,6 +776,8 @@ COMMANDS = {
     "profile": cmd_profile,
     "compress": cmd_compress,
     "prune": cmd_prune,
+    "quantize": cmd_quantize,
+    "export": cmd_export,
     "sweep": cmd_sweep,
     "finetune": cmd_finetune,
     "models": cmd_models,

@@ -1,5 +1,7 @@
 """export_onnx and ONNX Runtime timing: float32 equal to torch, int8 QDQ with int8 weights, clear errors."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -71,3 +73,20 @@ def test_export_errors_name_the_problem_and_write_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(ValueError, match="runtime"):
         factorch.measure_latency(net(), X[:1], runtime="tvm")
+
+
+def test_cli_quantize_and_export(tmp_path):
+    from factorch.cli import main
+
+    out = tmp_path / "q"
+    assert main(["quantize", "lenet5", "--pretrained", "--calib", "64", "--no-eval", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["totals"]["bits_per_weight"] < 9 and report["totals"]["activation_calibration"]["n_samples"] == 64
+    assert isinstance(factorch.load(out).get_submodule(report["layers"][1]["name"]), factorch.layers.QuantizedLayer)
+    onnx_file = tmp_path / "m.onnx"
+    assert main(["export", str(out), "--int8", "--calib", "64", "--out", str(onnx_file)]) == 0
+    assert onnx_file.is_file()
+    assert main(["quantize", "lenet5", "--pretrained", "--kmeans", "3", "--pack", "--no-eval", "--out",
+                 str(tmp_path / "k")]) == 0  # fmt: skip
+    assert main(["quantize", "lenet5", "--weight-bits", "1", "--no-eval", "--out", str(tmp_path / "bad")]) == 2
+    assert not (tmp_path / "bad").exists()
