@@ -19,8 +19,10 @@ from factorch.config import FactorizationConfig as FactorizationConfig
 from factorch.config import KMeansConfig as KMeansConfig
 from factorch.config import MethodConfig as MethodConfig
 from factorch.config import Plan as Plan
+from factorch.config import PQConfig as PQConfig
 from factorch.config import PruneConfig as PruneConfig
 from factorch.config import QuantConfig as QuantConfig
+from factorch.config import RQConfig as RQConfig
 from factorch.config import SpatialSVDConfig as SpatialSVDConfig
 from factorch.config import SVDConfig as SVDConfig
 from factorch.config import TTConfig as TTConfig
@@ -58,6 +60,8 @@ __all__ = [
     "QuantConfig",
     "BinaryConfig",
     "KMeansConfig",
+    "PQConfig",
+    "RQConfig",
     "export_onnx",
     "apply_plan",
     "list_methods",

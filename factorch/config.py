@@ -353,6 +353,60 @@ class KMeansConfig(MethodConfig):
 
 
 @dataclass
+class PQConfig(MethodConfig):
+    """Product quantization of the weights (Gong et al. 2014): subvectors of ``subvector`` consecutive input
+    weights (per output channel and kernel position) each replaced by one of ``2**bits`` codewords of a
+    per-layer codebook (k-means), trained by ``factorch.finetune``.
+
+    Attributes:
+        subvector: weights per subvector (must divide each layer's inputs per output; layers where it does
+            not are skipped with the reason).
+        bits: bits per code (the codebook has ``2**bits`` codewords).
+    """
+
+    subvector: int = 4
+    bits: int = 8
+    method: ClassVar[str] = "pq"
+    option_field: ClassVar[str] = "bits"
+    stages: ClassVar[int] = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name, value, hi in (("subvector", self.subvector, 1 << 16), ("bits", self.bits, 12)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value <= hi:
+                raise ValueError(f"{type(self).__name__}({name}=...) must be an int in 1..{hi}, got {value!r}")
+
+    @property
+    def option(self) -> Any:
+        return (self.subvector, self.bits, self.stages)
+
+    def with_option(self, value: Any) -> MethodConfig:
+        d, bits, *_ = value
+        return dataclasses.replace(self, subvector=d, bits=bits)
+
+    def options(self) -> dict[str, Any]:
+        return {}
+
+
+@dataclass
+class RQConfig(PQConfig):
+    """Residual quantization (Gong et al. 2014): like :class:`PQConfig`, each subvector the sum of ``stages``
+    codewords, every stage's codebook fitted to what the stages before it left."""
+
+    stages: int = 2  # type: ignore[misc]
+    method: ClassVar[str] = "rq"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.stages, bool) or not isinstance(self.stages, numbers.Integral) or not 1 <= self.stages <= 8:
+            raise ValueError(f"RQConfig(stages=...) must be an int in 1..8, got {self.stages!r}")
+
+    def with_option(self, value: Any) -> MethodConfig:
+        d, bits, stages = value
+        return dataclasses.replace(self, subvector=d, bits=bits, stages=stages)
+
+
+@dataclass
 class Plan:
     """Per-layer configs keyed by module name.
 

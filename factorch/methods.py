@@ -9,8 +9,10 @@ from factorch.config import (
     BinaryConfig,
     CPConfig,
     KMeansConfig,
+    PQConfig,
     PruneConfig,
     QuantConfig,
+    RQConfig,
     SpatialSVDConfig,
     SVDConfig,
     TTConfig,
@@ -25,6 +27,7 @@ from factorch.layers.spatial import SpatialSVDConv2d
 from factorch.layers.svd import LowRankLinear, SVDConv
 from factorch.layers.tt import TTEmbedding, TTLinear
 from factorch.layers.tucker import Tucker2Conv
+from factorch.layers.vector import ResidualQuantizedLayer, VectorQuantizedLayer
 from factorch.registry import list_methods, register_method
 
 CONV = (nn.Conv1d, nn.Conv2d)
@@ -43,3 +46,5 @@ if "svd" not in list_methods():  # registered once per process, even if this mod
     register_method("quant", config=QuantConfig, layers={(*CONV, nn.Linear): QuantizedLayer}, searchable=False)
     register_method("binary", config=BinaryConfig, layers={(*CONV, nn.Linear): BinaryLayer}, searchable=False)
     register_method("kmeans", config=KMeansConfig, layers={(*CONV, nn.Linear): SharedWeightLayer}, searchable=False)
+    register_method("pq", config=PQConfig, layers={(*CONV, nn.Linear): VectorQuantizedLayer}, searchable=False)
+    register_method("rq", config=RQConfig, layers={(*CONV, nn.Linear): ResidualQuantizedLayer}, searchable=False)

@@ -27,6 +27,8 @@ from factorch.layers.svd import SVDConv as SVDConv
 from factorch.layers.tt import TTEmbedding as TTEmbedding
 from factorch.layers.tt import TTLinear as TTLinear
 from factorch.layers.tucker import Tucker2Conv as Tucker2Conv
+from factorch.layers.vector import ResidualQuantizedLayer as ResidualQuantizedLayer
+from factorch.layers.vector import VectorQuantizedLayer as VectorQuantizedLayer
 
 
 def register_method(method: str, types: tuple[type, ...], cls: type[CompressedLayer]) -> None:
