@@ -207,6 +207,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--round-to", type=int, default=1, help="structured rows: channel counts kept at multiples")
     parser.add_argument("--combined-channels", type=float, default=0.5, help="combined: MACs left by the channel step")
+    parser.add_argument(
+        "--combined-kinds", default="factorization,channels,channels+factorization", help="combined: rows to run"
+    )
     parser.add_argument("--force", action="store_true")
     parser.add_argument("--results", default="pruning", help="name of the results files (runs can run side by side)")
     parser.add_argument(
@@ -272,7 +275,7 @@ def main() -> None:
                              args.epochs_structured))  # fmt: skip
         if "combined" in rows:
             first = args.combined_channels
-            for kind in ("factorization", "channels", "channels+factorization"):
+            for kind in args.combined_kinds.split(","):
                 row = f"combined macs=0.2 {kind}"
                 row += f" (channels to {first:g})" if kind.startswith("channels+") else ""
                 row += suffix if kind != "factorization" else ""
