@@ -10,6 +10,9 @@ at the end of each row:
 * ``onnx``: deployment on ONNX Runtime (CPU, ``--threads`` threads): ``factorch.export_onnx(int8=True)``
   (static QDQ, per-channel int8 weights) against the float32 ONNX model and the dense eager float32 model,
   latency at batch 1 and 64 (medians of paired runs); accuracy of the int8 ONNX model run by ONNX Runtime.
+* ``qat``: 4-bit weights and activations (LSQ step sizes), ``--qat-epochs`` epochs of distillation from the
+  float model (SGD + cosine from lr 0.01, augmented training set).
+* ``binary``: BinaryConnect, BWN and XNOR-Net weights, ``--binary-epochs`` epochs of distillation.
 * ``peers``: ONNX Runtime's ``quantize_static`` with its default settings on the plain exported model (what
   its docs show); ``torch.ao.quantization`` and torchao where they run here (the row says why not).
 
@@ -95,9 +98,11 @@ def main() -> None:
     parser.add_argument("--rows", default="ptq,onnx,peers")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--force", action="store_true")
+    parser.add_argument("--qat-epochs", type=int, default=3)
+    parser.add_argument("--binary-epochs", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    test = fashion_mnist("test")
+    test, train = fashion_mnist("test"), fashion_mnist("train")
     calib = DataLoader(calibration_subset(fashion_mnist("train", augment=False), 512), batch_size=128)
     path = RESULTS / "quantization.json"
     out = json.loads(path.read_text()) if path.is_file() else {"models": {}}
@@ -121,6 +126,15 @@ def main() -> None:
         if "ptq" in rows:
             for observer in ("minmax", "percentile", "mse"):
                 plan.append((f"int8 PTQ factorch ({observer})", lambda o=observer: ptq(dense, calib, o, acc)))
+        if "qat" in rows:
+            cfg = factorch.QuantConfig(weight_bits=4, act_bits=4)
+            plan.append(("W4A4 QAT + distillation", lambda c=cfg: trained(dense, c, calib, train, args.qat_epochs, acc,
+                                                                            f"{name}-w4a4")))  # fmt: skip
+        if "binary" in rows:
+            for mode in ("bwn", "xnor", "binaryconnect"):
+                cfg = factorch.BinaryConfig(mode=mode)
+                plan.append((f"binary {mode} + distillation", lambda c=cfg, m=mode: trained(
+                    dense, c, None, train, args.binary_epochs, acc, f"{name}-{m}")))  # fmt: skip
         if "onnx" in rows:
             plan.append(("int8 ONNX Runtime (factorch.export_onnx)", lambda: onnx_row(dense, calib, test, args)))
         if "peers" in rows:
@@ -151,6 +165,14 @@ def ptq(dense: nn.Module, calib, observer: str, acc) -> dict:
     q, report = factorch.compress(dense, cfg, example_inputs=X, calib_data=calib, fold_bn=True)
     t = report.totals
     return {"accuracy": acc(q), "size_ratio": t["size_ratio"], "bits_per_weight": t["bits_per_weight"]}
+
+
+def trained(dense: nn.Module, cfg, calib, train, epochs: int, acc, key: str) -> dict:
+    q, report = factorch.compress(dense, cfg, example_inputs=X, calib_data=calib)
+    q = factorch.finetune(q, train, teacher=dense, epochs=epochs, out_dir=Path("runs") / "bench-quant" / key,
+                          resume=True, inplace=True)  # fmt: skip
+    return {"accuracy": acc(q), "size_ratio": report.totals["size_ratio"], "epochs": epochs,
+            "bits_per_weight": report.totals["bits_per_weight"]}  # fmt: skip
 
 
 def onnx_row(dense: nn.Module, calib, test, args) -> dict:
