@@ -42,9 +42,9 @@ if "svd" not in list_methods():  # registered once per process, even if this mod
         "tt", config=TTConfig, layers={(nn.Linear,): TTLinear, (nn.Embedding,): TTEmbedding}, searchable=False
     )
     register_method("prune", config=PruneConfig, layers={(*CONV, nn.Linear): PrunedLayer})
-    # bit widths are not yet options of AutoConfig's candidates (their cost is in bits, not params or MACs)
-    register_method("quant", config=QuantConfig, layers={(*CONV, nn.Linear): QuantizedLayer}, searchable=False)
+    # bit widths lower stored bytes only: candidates under size= budgets (weights; activations stay float)
+    register_method("quant", config=QuantConfig, layers={(*CONV, nn.Linear): QuantizedLayer})
     register_method("binary", config=BinaryConfig, layers={(*CONV, nn.Linear): BinaryLayer}, searchable=False)
-    register_method("kmeans", config=KMeansConfig, layers={(*CONV, nn.Linear): SharedWeightLayer}, searchable=False)
+    register_method("kmeans", config=KMeansConfig, layers={(*CONV, nn.Linear): SharedWeightLayer})
     register_method("pq", config=PQConfig, layers={(*CONV, nn.Linear): VectorQuantizedLayer}, searchable=False)
     register_method("rq", config=RQConfig, layers={(*CONV, nn.Linear): ResidualQuantizedLayer}, searchable=False)

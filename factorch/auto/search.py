@@ -143,8 +143,12 @@ class AutoSearch:
                     continue
                 self._problems[(name, method)] = (problem, options)
                 seen: dict[tuple[int, ...], Candidate] = {}
-                for level in cfg.levels:
-                    ranks = _round_ranks(selector(level)(problem), problem.max_ranks, cfg.round_to)
+                grid = cls.search_grid(problem, cfg.levels)  # a class's own discrete options (bit widths)
+                if grid is None:
+                    grid = [
+                        _round_ranks(selector(level)(problem), problem.max_ranks, cfg.round_to) for level in cfg.levels
+                    ]
+                for ranks in map(tuple, grid):
                     if ranks in seen:
                         continue
                     cost = self._option_cost(lc, method, ranks)

@@ -66,6 +66,12 @@ class CompressedLayer:
         return f"params {after.params} vs {before.params}, MACs {after.macs} vs {before.macs}"
 
     @classmethod
+    def search_grid(cls, problem: RankProblem, levels) -> list[tuple[int, ...]] | None:
+        """The options ``AutoConfig`` offers for a layer, when the class has its own discrete grid (bit
+        widths); ``None``: one option per level of the cost-ratio selector (ranks, sparsities)."""
+        return None
+
+    @classmethod
     def search_options(cls, auto_config) -> dict:
         """Options that ``AutoConfig``'s candidates of this class are scored and built with (default none)."""
         return {}

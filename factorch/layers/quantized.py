@@ -235,6 +235,12 @@ class QuantizedLayer(MaskedDenseLayer, nn.Module):
             raise ValueError(f"quant: observer must be one of {', '.join(OBSERVERS)}, got {observer!r}")
 
     @classmethod
+    def search_grid(cls, problem, levels) -> list[tuple[int, ...]]:
+        """Weight bit widths for ``AutoConfig`` (activations left in float32: a storage budget does not see
+        them, and their ranges need calibration the search does not run)."""
+        return [(bits, 32) for bits in (8, 6, 5, 4, 3, 2)]
+
+    @classmethod
     def worth_it(cls, before: Cost, after: Cost) -> str | None:
         if after.size_bits < before.size_bits:
             return None

@@ -146,6 +146,10 @@ class SharedWeightLayer(MaskedDenseLayer, nn.Module):
         return type(self).option_cost(self.spec, self.ranks, input_size, kept=int(self.mask.sum()))
 
     @classmethod
+    def search_grid(cls, problem, levels) -> list[tuple[int, ...]]:
+        return [(bits,) for bits in (8, 6, 5, 4, 3, 2)]
+
+    @classmethod
     def worth_it(cls, before: Cost, after: Cost) -> str | None:
         return None if after.size_bits < before.size_bits else f"{after.weight_bits:g}-bit codes store no fewer bits"
 

@@ -1,5 +1,7 @@
 """QuantizedLayer and QuantConfig: against torch's own ops and hand-computed scales; codes, packing, costs."""
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -277,3 +279,21 @@ def test_quantization_aware_training_learns_the_step_sizes(tmp_path):
     back = factorch.load(tmp_path / "qat", base_model=net())
     torch.testing.assert_close(back.eval()(x), trained.eval()(x), rtol=0, atol=0)
     assert not factorch.QuantConfig(weight_bits=8, act_bits=8).options()["learn_scale"]
+
+
+def test_autoconfig_chooses_bit_widths_for_a_size_budget():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 16, 3), nn.ReLU(), nn.Conv2d(16, 16, 3),
+                          nn.ReLU(), nn.Flatten(), nn.Linear(16 * 2 * 2, 10))  # fmt: skip
+    calib = torch.randn(32, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    cfg = factorch.AutoConfig("size=0.3", methods=["quant", "kmeans"], measure=False, refine=0, polish=0,
+                              progress=False, cache=False)  # fmt: skip
+    out, report = factorch.compress(model, cfg, example_inputs=torch.zeros(1, 1, 8, 8), calib_data=calib)
+    assert report.totals["size_ratio"] <= 0.3
+    chosen = {r.name: (r.method, r.ranks) for r in report.layers if r.skipped is None}
+    assert chosen and all(m in ("quant", "kmeans") for m, _ in chosen.values())
+    assert all(ranks[0] in (2, 3, 4, 5, 6, 8) for _, ranks in chosen.values())
+    assert report.totals["macs_ratio"] == 1.0  # bit widths change bytes, not MACs
+    with pytest.raises(ValueError):  # under a MACs budget no bit width is a candidate
+        factorch.compress(model, dataclasses.replace(cfg, target="macs=0.5"), example_inputs=torch.zeros(1, 1, 8, 8),
+                          calib_data=calib)  # fmt: skip
