@@ -334,7 +334,7 @@ class KMeansConfig(MethodConfig):
     """Weight sharing: each layer's weights clustered by 1-D k-means into ``2**bits`` shared values (Deep
     Compression's second stage; linear centroid initialisation, as the paper recommends). Weights that are
     exactly zero (pruned) stay zero and are not clustered. The centroids are trained by ``factorch.finetune``
-    (the gradients of each cluster's weights summed into its centroid).
+    (the gradients of each cluster's weights summed into its centroid, divided by the cluster's size).
 
     Attributes:
         bits: bits per index (1..8), or ``"elbow"``: per layer, the bit width at the elbow of the k-means

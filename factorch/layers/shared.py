@@ -3,7 +3,9 @@
 Each weight of the layer becomes an index into a per-layer codebook of ``2**bits`` shared values; the weight
 tensor the layer computes with is ``centroids[codes]`` (times the pruning mask, when the layer was pruned:
 pruned weights stay exactly zero and are not clustered). The centroids are a parameter: training sums the
-gradients of the weights of each cluster into its centroid, as the paper fine-tunes them. Centroids start
+gradients of the weights of each cluster into its centroid, as the paper fine-tunes them, divided by the
+cluster's size so that the learning rate that suits the weights suits the centroids (a plain sum over
+thousands of weights made ``finetune``'s default learning rate diverge at once). Centroids start
 spread linearly over the weights' range (the paper's best initialisation) and are refined by Lloyd's
 iterations in one dimension (sorted centroids: assignment by bucketing at the midpoints), written here since
 no dependency of factorch offers a 1-D k-means on tensors.
@@ -196,7 +198,12 @@ class SharedWeightLayer(MaskedDenseLayer, nn.Module):
         return new
 
     def shared_weight(self) -> Tensor:
-        return self.centroids[self.codes.long()] * self.mask
+        codes = self.codes.long()
+        c = self.centroids
+        if c.requires_grad:  # each centroid's summed gradient divided by its cluster's size (value unchanged)
+            sizes = torch.bincount(codes[self.mask], minlength=c.numel()).clamp_min(1).to(c.dtype)
+            c = c / sizes + (c - c / sizes).detach()
+        return c[codes] * self.mask
 
     effective_weight = shared_weight
 

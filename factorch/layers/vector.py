@@ -5,7 +5,8 @@ The weight is cut into subvectors of ``subvector`` consecutive input weights (fo
 channel and kernel position: ``W[o, c:c+d, y, x]``). Product quantization replaces each subvector by the
 nearest of ``2**bits`` codewords of one per-layer codebook; residual quantization by a sum of ``stages``
 codewords, each stage's codebook fitted (k-means) to what the stages before left. The codebooks are
-parameters: training sums the gradients of every subvector that uses a codeword into it. Storage: the codes
+parameters: training sums the gradients of every subvector that uses a codeword into it, divided by the
+number of uses (as for k-means weight sharing: the weights' learning rate then suits the codewords). Storage: the codes
 (``bits`` each, per subvector and stage) and the codebooks in float32.
 """
 
@@ -168,8 +169,16 @@ class VectorQuantizedLayer(MaskedDenseLayer, nn.Module):
         return new
 
     def effective_weight(self) -> Tensor:
-        vectors = sum(self.codebooks[s][self.codes[s].long()] for s in range(self.stages))
-        return self.from_vectors(vectors)
+        books = self.codebooks
+        parts = []
+        for s in range(self.stages):
+            codes = self.codes[s].long()
+            book = books[s]
+            if book.requires_grad:  # a codeword's summed gradient divided by its use count (value unchanged)
+                uses = torch.bincount(codes, minlength=book.shape[0]).clamp_min(1).to(book.dtype)[:, None]
+                book = book / uses + (book - book / uses).detach()
+            parts.append(book[codes])
+        return self.from_vectors(sum(parts))
 
     def extra_repr(self) -> str:
         return f"subvector={self.subvector}, bits={self.bits}, stages={self.stages}"

@@ -42,8 +42,9 @@ def test_layer_computes_with_shared_weights_and_sums_gradients_per_cluster():
     weight = dense.weight.detach().requires_grad_(True)
     F.conv2d(x, weight, dense.bias, padding=1).sum().backward()
     layer(x).sum().backward()
-    for k in range(4):  # a centroid's gradient: the sum of its weights' gradients
-        expected = float(weight.grad[layer.codes.long() == k].sum())
+    for k in range(4):  # a centroid's gradient: its weights' gradients summed, divided by their number
+        members = layer.codes.long() == k
+        expected = float(weight.grad[members].sum()) / max(1, int(members.sum()))
         assert float(layer.centroids.grad[k]) == pytest.approx(expected, rel=1e-5, abs=1e-6)
 
 
