@@ -2,7 +2,8 @@
 pruned -> weight-shared (k-means) -> centroids fine-tuned -> Huffman-coded; bytes on disk (``factorch.save``)
 and test accuracy after each stage.
 
-Pruning: global magnitude pruning to ``--sparsity`` in ``--steps`` steps with ``--prune-epochs`` epochs of
+Every layer is pruned and shared, the first conv and the classifier included, as in the paper. Pruning:
+global magnitude pruning to ``--sparsity`` in ``--steps`` steps with ``--prune-epochs`` epochs of
 distillation in all (or ``--pruned DIR``: a folder written by ``factorch.save`` / ``factorch prune``); weight
 sharing: ``KMeansConfig(bits=--bits)`` on every pruned layer (zeros kept); centroid fine-tuning:
 ``--share-epochs`` epochs of distillation from the dense model; packing: ``factorch.save(pack=True)``.
@@ -80,11 +81,11 @@ def main() -> None:
         pruned, _ = factorch.compress_in_stages(
             dense, factorch.PruneConfig(sparsity=args.sparsity, scope="global"), stages=args.steps, train_data=train,
             example_inputs=X, finetune_epochs=max(1, args.prune_epochs // args.steps),
-            checkpoint_dir=runs / "prune", resume=True,
+            checkpoint_dir=runs / "prune", resume=True, keep_edges=False,
         )  # fmt: skip
         note = f"{args.steps} steps, {max(1, args.prune_epochs // args.steps) * args.steps} epochs of distillation"
     row(f"pruned (global magnitude, {args.sparsity:g})", pruned, note=note)
-    shared, _ = factorch.compress(pruned, factorch.KMeansConfig(bits=args.bits), example_inputs=X)
+    shared, _ = factorch.compress(pruned, factorch.KMeansConfig(bits=args.bits), example_inputs=X, keep_edges=False)
     row(f"+ weight sharing ({args.bits} bits)", shared, note="k-means, linear init, no training")
     if args.share_epochs:
         shared = factorch.finetune(shared, train, teacher=dense, epochs=args.share_epochs, out_dir=runs / "share",

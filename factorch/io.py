@@ -85,9 +85,11 @@ def save(model: nn.Module, path: str | Path, *, pack: bool = False) -> Path:
             )
     path.mkdir(parents=True, exist_ok=True)
     state = _packed_state(model, plan, huffman=pack)
+    if pack:  # one byte tensor and its index: no per-tensor framing (kilobytes on a small model)
+        state, plan["blob"] = _to_blob(state)
     tmp_plan, tmp_weights = path / (PLAN_FILE + ".tmp"), path / (WEIGHTS_FILE + ".tmp")
     try:
-        tmp_plan.write_text(json.dumps(plan, indent=2) + "\n")
+        tmp_plan.write_text(json.dumps(plan, separators=(",", ":")) if pack else json.dumps(plan, indent=2) + "\n")
         torch.save(state, tmp_weights)
         os.replace(tmp_weights, path / WEIGHTS_FILE)
         os.replace(tmp_plan, path / PLAN_FILE)
@@ -95,6 +97,25 @@ def save(model: nn.Module, path: str | Path, *, pack: bool = False) -> Path:
         for tmp in (tmp_plan, tmp_weights):
             tmp.unlink(missing_ok=True)
     return path
+
+
+def _to_blob(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list]:
+    """The state dict as one uint8 tensor, and the index ``[key, dtype, shape, offset]`` to read it back."""
+    index, chunks, offset = [], [], 0
+    for key, value in state.items():
+        raw = value.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+        index.append([key, str(value.dtype).removeprefix("torch."), list(value.shape), offset])
+        chunks.append(raw)
+        offset += raw.numel()
+    return {"blob": torch.cat(chunks) if chunks else torch.zeros(0, dtype=torch.uint8)}, index
+
+
+def _from_blob(state: dict[str, torch.Tensor], index: list) -> dict[str, torch.Tensor]:
+    blob = state["blob"]
+    out, ends = {}, [entry[3] for entry in index[1:]] + [blob.numel()]
+    for (key, dtype, shape, offset), end in zip(index, ends):
+        out[key] = blob[offset:end].clone().view(getattr(torch, dtype)).view(shape)
+    return out
 
 
 def _packs(layer: nn.Module) -> bool:
@@ -180,7 +201,13 @@ def load(path: str | Path, base_model: nn.Module | None = None) -> nn.Module:
 
         base_model = build_from_spec(base, str(plan_path))
     model = rebuild(base_model, plan)
-    state = _unpack_state(load_state_dict_file(path / WEIGHTS_FILE), plan)
+    state = load_state_dict_file(path / WEIGHTS_FILE)
+    if plan.get("blob") is not None:
+        try:
+            state = _from_blob(state, plan["blob"])
+        except (KeyError, RuntimeError, AttributeError, ValueError) as err:
+            raise CheckpointError(f"{path / WEIGHTS_FILE} does not match its index in {PLAN_FILE}: {err}") from err
+    state = _unpack_state(state, plan)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
