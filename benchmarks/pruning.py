@@ -337,7 +337,8 @@ def write(out: dict) -> None:
     lines = [
         "# pruning: factorch vs Torch-Pruning vs torch.nn.utils.prune",
         "",
-        f"commit {s['commit']}, torch {s['torch']}, {s['threads']} threads, {s['platform']}. Recovery: {s['recipe']}.",
+        f"last run at commit {s['commit']} (each row: its own commit), torch {s['torch']}, {s['threads']} threads, "
+        f"{s['platform']}. Recovery: {s['recipe']}.",
         "Ratios are pruned / dense of the whole model: params (stored, dense count), non-zero params, MACs, bytes "
         "stored compactly, and measured latency (eager torch, median of 20 paired runs).",
         "",
@@ -347,12 +348,14 @@ def write(out: dict) -> None:
             f"## {name} (dense {res['dense_accuracy']:.2f} %)",
             "",
             "| row | accuracy % | drop | params x | non-zero x | MACs x | bytes x | time x b64 | time x b1 "
-            "| epochs | s |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| epochs | s | commit |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for row, r in res["rows"].items():
             if "error" in r:
-                lines.append(f"| {row} | cannot run: {r['error']} | | | | | | | | | {r['time_s']:.0f} |")
+                lines.append(
+                    f"| {row} | cannot run: {r['error']} | | | | | | | | | {r['time_s']:.0f} | {r['commit']} |"
+                )
                 continue
 
             def f(key, fmt=".3f", r=r):
@@ -361,7 +364,7 @@ def write(out: dict) -> None:
             lines.append(
                 f"| {row} | {r['accuracy']:.2f} | {r['drop']:+.2f} | {f('params_ratio')} | {f('nonzero_params_ratio')} "
                 f"| {f('macs_ratio')} | {f('size_ratio')} | {f('latency_ratio_b64')} | {f('latency_ratio_b1')} "
-                f"| {r.get('epochs', '-')} | {r['time_s']:.0f} |"
+                f"| {r.get('epochs', '-')} | {r['time_s']:.0f} | {r['commit']}{' (re-timed)' * bool(r.get('latency_retimed'))} |"
             )
         lines.append("")
     (RESULTS / f"{NAME}.md").write_text("\n".join(lines))
