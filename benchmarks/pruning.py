@@ -358,13 +358,15 @@ def write(out: dict) -> None:
                 )
                 continue
 
+            retimed = " (latency re-timed)" if r.get("latency_retimed") else ""
+
             def f(key, fmt=".3f", r=r):
                 return format(r[key], fmt) if r.get(key) is not None else "-"
 
             lines.append(
                 f"| {row} | {r['accuracy']:.2f} | {r['drop']:+.2f} | {f('params_ratio')} | {f('nonzero_params_ratio')} "
                 f"| {f('macs_ratio')} | {f('size_ratio')} | {f('latency_ratio_b64')} | {f('latency_ratio_b1')} "
-                f"| {r.get('epochs', '-')} | {r['time_s']:.0f} | {r['commit']}{' (re-timed)' * bool(r.get('latency_retimed'))} |"
+                f"| {r.get('epochs', '-')} | {r['time_s']:.0f} | {r['commit']}{retimed} |"
             )
         lines.append("")
     (RESULTS / f"{NAME}.md").write_text("\n".join(lines))
