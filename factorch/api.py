@@ -131,7 +131,7 @@ def _compress_by_plan(
             "activation ranges are set on calibration inputs (or act_bits=32 to quantize the weights only)"
         )
     _refuse_requantizing(model, configs)
-    if any(c.method == "kmeans" for c in configs):  # pruned weights: zeros that k-means keeps (Deep Compression)
+    if any(c.keeps_pruned_zeros for c in configs):  # pruned weights: zeros that k-means keeps (Deep Compression)
         model = _pruned_as_dense(model, inplace=inplace)
     original = copy.deepcopy(model) if settings is not None and inplace else model
     work, report = apply_plan(

@@ -55,6 +55,8 @@ class MethodConfig:
         skip = {*self._common, self.option_field}
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip}
 
+    keeps_pruned_zeros: ClassVar[bool] = False  # compresses pruned layers as dense ones holding their zeros
+
     @property
     def uses_calib_data(self) -> bool:
         """Whether building this config's layers reads ``calib_data`` (beyond ``calibrate``)."""
@@ -343,6 +345,7 @@ class KMeansConfig(MethodConfig):
 
     bits: Any = 4
     method: ClassVar[str] = "kmeans"
+    keeps_pruned_zeros: ClassVar[bool] = True
     option_field: ClassVar[str] = "bits"
 
     def __post_init__(self) -> None:

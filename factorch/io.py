@@ -121,10 +121,7 @@ def _from_blob(state: dict[str, torch.Tensor], index: list) -> dict[str, torch.T
 def _packs(layer: nn.Module) -> bool:
     """Whether Deep Compression's format has something to code in ``layer``: weight-sharing indices, or the
     positions of pruned weights."""
-    if not hasattr(layer, "pack_state_huffman"):
-        return False
-    mask = getattr(layer, "mask", None)
-    return getattr(layer, "method", "") == "kmeans" or (isinstance(mask, torch.Tensor) and not bool(mask.all()))
+    return hasattr(layer, "pack_state_huffman") and layer.huffman_worthwhile()
 
 
 def _layer_class(name: str, desc: dict):

@@ -211,6 +211,10 @@ class PrunedLayer(MaskedDenseLayer, nn.Module):
         packed["mask_bits"] = pack_bits(mask)
         return packed, PACKED_FORMAT
 
+    def huffman_worthwhile(self) -> bool:
+        """Some weights are pruned: their positions are worth coding."""
+        return not bool(self.mask.all())
+
     def pack_state_huffman(self, state: dict[str, Tensor]) -> tuple[dict[str, Tensor], str]:
         """The non-zero values, their positions as Huffman-coded gaps (Deep Compression's sparse storage)."""
         from factorch.huffman import encode_positions, stream_tensors

@@ -1,11 +1,12 @@
 """Uniform quantization as a compressed layer (Jacob et al. 2018): a dense Conv/Linear whose weights, and
 optionally its input activations, go through quantize -> dequantize ("fake quantization") with fixed scales.
 
-The arithmetic is torch's own (``torch.fake_quantize_per_channel_affine`` / ``..._per_tensor_affine``: round
-half to even of ``x * (1 / scale)``, clamp, rescale; the straight-through gradient for training), so the float
-model computes exactly what an integer kernel with these scales would, and fine-tuning trains through it.
-Written here: the choice of the scales (the observers: min/max, percentile, least squares), which torch keeps
-only in its deprecated ``torch.ao.quantization``, and the compact storage of the integer codes.
+The forward arithmetic is torch's own, bit for bit (``torch.fake_quantize_per_channel_affine`` /
+``..._per_tensor_affine``: round half to even of ``x * (1 / scale)``, clamp, rescale), so the float model
+computes exactly what an integer kernel with these scales would; the gradients are straight through, with
+learned step sizes when asked (:func:`lsq_quantize`). Written here: the choice of the scales (the observers:
+min/max, percentile, least squares), which torch keeps only in its deprecated ``torch.ao.quantization``, the
+learned step sizes (torch's learnable fake quantization is a private op) and the compact storage of the codes.
 
 ``factorch.save`` stores the weights as their integer codes packed at their bit width, plus the scales
 (:meth:`QuantizedLayer.pack_state`); ``load`` restores the exact dequantized weights.
@@ -32,12 +33,10 @@ _MSE_GRID = 64  # clipping ratios tried by the "mse" observer
 _SAMPLE_PER_BATCH = 1 << 16  # activation values sampled per calibration batch (percentile / mse observers)
 
 
-def check_bits(value, name: str, *, allow_float: bool = True) -> int:
+def check_bits(value, name: str) -> int:
     """``value`` as an int bit width: 2..8 (integer grid), 16 (half) or 32 (float, not quantized)."""
-    allowed = INT_BITS + (FLOAT_BITS if allow_float else ())
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) not in allowed:
-        text = "2..8" + (", 16 (half) or 32 (float)" if allow_float else "")
-        raise ValueError(f"{name} must be an int in {text}, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) not in INT_BITS + FLOAT_BITS:
+        raise ValueError(f"{name} must be an int in 2..8, 16 (half) or 32 (float), got {value!r}")
     return int(value)
 
 
@@ -74,6 +73,15 @@ def fake_quant(x: Tensor, scale: Tensor, zero: Tensor, bits: int, symmetric: boo
     return torch.fake_quantize_per_channel_affine(x, scale, zero, axis, qmin, qmax)
 
 
+def _along(t: Tensor, x: Tensor, axis: int | None) -> Tensor:
+    """Per-channel ``t`` shaped to broadcast over ``x`` along ``axis`` (a scalar when ``axis`` is None)."""
+    if axis is None:
+        return t.reshape(())
+    shape = [1] * x.dim()
+    shape[axis] = -1
+    return t.reshape(shape)
+
+
 def lsq_quantize(
     x: Tensor, scale: Tensor, zero: Tensor, qmin: int, qmax: int, axis: int | None, grad_scale: float
 ) -> Tensor:
@@ -82,11 +90,7 @@ def lsq_quantize(
     the rounding for ``x`` inside the range (0 outside), ``round(x / s) - x / s`` (or the clamped code) for
     ``s``, scaled by ``grad_scale`` (``1 / sqrt(n * qmax)`` for ``n`` values per scale). Written here because
     torch's learnable fake quantization is a private op."""
-    shape = [1] * x.dim()
-    if axis is not None:
-        shape[axis] = -1
-    s = scale.reshape(shape) if axis is not None else scale.reshape(())
-    z = (zero.reshape(shape) if axis is not None else zero.reshape(())).to(x.dtype)
+    s, z = _along(scale, x, axis), _along(zero, x, axis).to(x.dtype)
     if s.requires_grad:
         s = s * grad_scale + (s - s * grad_scale).detach()  # the value s, the gradient scaled
     v = x * (1.0 / s)
@@ -98,12 +102,8 @@ def codes_of(x: Tensor, scale: Tensor, zero: Tensor, bits: int, symmetric: bool,
     """The integer codes (int64) that :func:`fake_quant` dequantizes: ``clamp(round(x * (1 / s)) + z)``,
     in float32 as torch's kernel computes them."""
     qmin, qmax = int_range(bits, symmetric)
-    shape = [1] * x.dim()
-    if axis is not None:
-        shape[axis] = -1
-    inv = (1.0 / scale.float()).reshape(shape) if axis is not None else 1.0 / scale.float().reshape(())
-    z = zero.reshape(shape) if axis is not None else zero.reshape(())
-    return (torch.round(x.float() * inv) + z).clamp(qmin, qmax).long()
+    inv = 1.0 / _along(scale.float(), x, axis)
+    return (torch.round(x.float() * inv) + _along(zero, x, axis)).clamp(qmin, qmax).long()
 
 
 def observe_range(rows: Tensor, bits: int, symmetric: bool, observer: str, percentile: float) -> tuple[Tensor, Tensor]:
@@ -217,11 +217,6 @@ class QuantizedLayer(MaskedDenseLayer, nn.Module):
     @property
     def ranks(self) -> tuple[int, ...]:
         return (self.weight_bits, self.act_bits)
-
-    @property
-    def needs_calibration(self) -> bool:
-        """Activations are to be quantized and their range is not set yet."""
-        return self.act_bits in INT_BITS and not bool(self.act_ready)
 
     # -- the protocol ------------------------------------------------------------------------------------
     @classmethod
@@ -385,11 +380,6 @@ class QuantizedLayer(MaskedDenseLayer, nn.Module):
         axis = 0 if self.options["per_channel"] else None
         w = self.layer.weight.detach()
         return codes_of(w, self.weight_scale, self.weight_zero, self.weight_bits, self.options["symmetric"], axis)
-
-    def describe(self) -> dict:
-        out = super().describe()
-        out["options"] = {**out["options"], "act_bits": self.act_bits}
-        return out
 
     def extra_repr(self) -> str:
         return f"weight_bits={self.weight_bits}, act_bits={self.act_bits}, {self.options}"

@@ -219,6 +219,10 @@ class SharedWeightLayer(MaskedDenseLayer, nn.Module):
             packed["mask_bits"] = pack_bits(mask)
         return packed, PACKED_FORMAT
 
+    def huffman_worthwhile(self) -> bool:
+        """The shared indices are always worth coding."""
+        return True
+
     def pack_state_huffman(self, state: dict[str, Tensor]) -> tuple[dict[str, Tensor], str]:
         """Deep Compression's storage: the non-zeros' positions as Huffman-coded gaps, their codebook indices
         Huffman-coded, the codebook and biases in float32."""
