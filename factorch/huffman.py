@@ -119,36 +119,89 @@ def coded_bits(values: np.ndarray) -> int:
     return int(np.dot(code_lengths(counts).astype(np.int64), counts))
 
 
+_HEAD = np.dtype([("count", "<u4"), ("n", "<u4"), ("width", "u1")])
+
+
+def to_bytes(stream: HuffmanStream) -> bytes:
+    """``stream`` serialised: a 9-byte head (symbol count, alphabet size, bytes per alphabet entry), the
+    alphabet at the narrowest integer width that holds it, the code lengths, then the bits."""
+    symbols = stream.symbols
+    if symbols.size and symbols.min() >= 0 and symbols.max() < 1 << 16:
+        width, dtype = (1, "<u1") if symbols.max() < 1 << 8 else (2, "<u2")
+    else:
+        width, dtype = 4, "<i4"
+    head = np.array([(stream.count, symbols.size, width)], dtype=_HEAD).tobytes()
+    return head + symbols.astype(dtype).tobytes() + stream.lengths.astype(np.uint8).tobytes() + stream.bits.tobytes()
+
+
+def from_bytes(data: bytes) -> HuffmanStream:
+    """The stream that :func:`to_bytes` wrote."""
+    head = np.frombuffer(data[: _HEAD.itemsize], dtype=_HEAD)[0]
+    count, n, width = int(head["count"]), int(head["n"]), int(head["width"])
+    at = _HEAD.itemsize
+    symbols = np.frombuffer(data[at : at + width * n], dtype={1: "<u1", 2: "<u2", 4: "<i4"}[width]).astype(np.int64)
+    at += width * n
+    lengths = np.frombuffer(data[at : at + n], dtype=np.uint8).copy()
+    return HuffmanStream(np.frombuffer(data[at + n :], dtype=np.uint8).copy(), symbols, lengths, count)
+
+
 def stream_tensors(stream: HuffmanStream, prefix: str) -> dict:
-    """``stream`` as one uint8 tensor ``<prefix>`` of a state dict: the symbol count and alphabet size (int64),
-    the alphabet (int32), the code lengths (uint8), then the bits (one tensor: less framing per layer)."""
+    """``stream`` as one uint8 tensor ``<prefix>`` of a state dict (:func:`to_bytes`)."""
     import torch
 
-    head = np.array([stream.count, stream.symbols.size], dtype=np.int64).tobytes()
-    blob = head + stream.symbols.astype(np.int32).tobytes() + stream.lengths.astype(np.uint8).tobytes()
-    data = np.frombuffer(blob + stream.bits.astype(np.uint8).tobytes(), dtype=np.uint8).copy()
-    return {prefix: torch.from_numpy(data)}
+    return {prefix: torch.from_numpy(np.frombuffer(to_bytes(stream), dtype=np.uint8).copy())}
 
 
 def stream_from_tensors(state: dict, prefix: str) -> HuffmanStream:
     """The stream that :func:`stream_tensors` stored (its entry removed from ``state``)."""
-    data = state.pop(prefix).numpy().tobytes()
-    count, n = (int(v) for v in np.frombuffer(data[:16], dtype=np.int64))
-    symbols = np.frombuffer(data[16 : 16 + 4 * n], dtype=np.int32).astype(np.int64)
-    lengths = np.frombuffer(data[16 + 4 * n : 16 + 5 * n], dtype=np.uint8).copy()
-    bits = np.frombuffer(data[16 + 5 * n :], dtype=np.uint8).copy()
-    return HuffmanStream(bits, symbols, lengths, count)
+    return from_bytes(state.pop(prefix).numpy().tobytes())
 
 
-def encode_positions(mask: np.ndarray) -> HuffmanStream:
-    """The positions of the ``True`` entries of a flat mask as Huffman-coded gaps (Deep Compression's
-    relative indices, here without a width cap: the gaps' own code lengths adapt to them)."""
-    where = np.flatnonzero(np.asarray(mask).ravel())
-    return encode(np.diff(where, prepend=-1))
+def _gap_symbols(gaps: np.ndarray, cap: int) -> np.ndarray:
+    """Gaps (>= 1) as symbols in ``1..cap``, a longer gap preceded by one ``0`` (skip ``cap`` places) per
+    ``cap`` places it exceeds ``cap``: Deep Compression's filler entries, which bound the alphabet."""
+    skips = (gaps - 1) // cap
+    out = np.zeros(gaps.size + int(skips.sum()), dtype=np.int64)
+    ends = np.cumsum(skips + 1) - 1  # where each gap's own symbol lands, after its skips
+    out[ends] = gaps - skips * cap
+    return out
 
 
-def decode_positions(stream: HuffmanStream, numel: int) -> np.ndarray:
+def encode_positions(mask: np.ndarray) -> tuple[HuffmanStream, int]:
+    """The positions of the ``True`` entries of a flat mask as Huffman-coded gaps, and the gap cap: Deep
+    Compression's relative indices (the paper fixes the cap at 2^5 or 2^8 places; here the power of two
+    whose stream and code table are smallest is chosen per mask)."""
+    gaps = np.diff(np.flatnonzero(np.asarray(mask).ravel()), prepend=-1)
+    if gaps.size == 0:
+        return encode(gaps), 1
+
+    def size(cap: int) -> int:
+        symbols = _gap_symbols(gaps, cap)
+        return coded_bits(symbols) + 8 * 3 * np.unique(symbols).size  # stream + alphabet and lengths
+
+    cap = min((1 << k for k in range(17)), key=size)
+    return encode(_gap_symbols(gaps, cap)), cap
+
+
+def decode_positions(stream: HuffmanStream, numel: int, cap: int) -> np.ndarray:
     """The flat boolean mask of ``numel`` entries that :func:`encode_positions` coded."""
+    symbols = decode(stream)
+    ends = np.cumsum(np.where(symbols == 0, cap, symbols)) - 1
     mask = np.zeros(numel, dtype=bool)
-    mask[np.cumsum(decode(stream)) - 1 if stream.count else []] = True
+    mask[ends[symbols != 0]] = True
     return mask
+
+
+def position_tensors(mask: np.ndarray, prefix: str) -> dict:
+    """A mask's positions (:func:`encode_positions`) as one uint8 tensor: the cap's log2, then the stream."""
+    import torch
+
+    stream, cap = encode_positions(mask)
+    data = bytes([cap.bit_length() - 1]) + to_bytes(stream)
+    return {prefix: torch.from_numpy(np.frombuffer(data, dtype=np.uint8).copy())}
+
+
+def positions_from_tensors(state: dict, prefix: str, numel: int) -> np.ndarray:
+    """The flat mask that :func:`position_tensors` stored (its entry removed from ``state``)."""
+    data = state.pop(prefix).numpy().tobytes()
+    return decode_positions(from_bytes(data[1:]), numel, 1 << data[0])

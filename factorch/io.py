@@ -4,6 +4,7 @@ structure from the plan (no decomposition, no pickled modules)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -11,13 +12,14 @@ import torch
 from torch import nn
 
 from factorch.apply import PLAN_ATTR
-from factorch.layers._spec import spec_from_dict
+from factorch.layers._spec import spec_from_dict, spec_of
 from factorch.models._io import CheckpointError, load_state_dict_file
 from factorch.registry import layer_class_named
 from factorch.surgery import add_zero_bias, get_module, replace_module
 
 PLAN_FILE = "plan.json"
 WEIGHTS_FILE = "weights.pt"
+PACKED_FILE = "weights.bin"  # save(pack=True): the raw bytes of every tensor, indexed in the plan
 FORMAT = "factorch-compressed"
 FORMAT_VERSION = 1
 
@@ -83,38 +85,69 @@ def save(model: nn.Module, path: str | Path, *, pack: bool = False) -> Path:
                 "(Deep Compression); this model has neither: compress it with PruneConfig and/or KMeansConfig "
                 "first, or save it with pack=False"
             )
-    path.mkdir(parents=True, exist_ok=True)
     state = _packed_state(model, plan, huffman=pack)
-    if pack:  # one byte tensor and its index: no per-tensor framing (kilobytes on a small model)
-        state, plan["blob"] = _to_blob(state)
-    tmp_plan, tmp_weights = path / (PLAN_FILE + ".tmp"), path / (WEIGHTS_FILE + ".tmp")
+    if pack:  # raw bytes and a short index: no per-tensor or zip framing (kilobytes on a small model)
+        _drop_derivable_specs(plan)
+        blob, plan["blob"] = _to_blob(state)
+    weights_name = PACKED_FILE if pack else WEIGHTS_FILE
+    path.mkdir(parents=True, exist_ok=True)
+    tmp_plan, tmp_weights = path / (PLAN_FILE + ".tmp"), path / (weights_name + ".tmp")
     try:
         tmp_plan.write_text(json.dumps(plan, separators=(",", ":")) if pack else json.dumps(plan, indent=2) + "\n")
-        torch.save(state, tmp_weights)
-        os.replace(tmp_weights, path / WEIGHTS_FILE)
+        if pack:
+            tmp_weights.write_bytes(blob)
+        else:
+            torch.save(state, tmp_weights)
+        os.replace(tmp_weights, path / weights_name)
         os.replace(tmp_plan, path / PLAN_FILE)
+        (path / (WEIGHTS_FILE if pack else PACKED_FILE)).unlink(missing_ok=True)  # the other format's, if any
     finally:
         for tmp in (tmp_plan, tmp_weights):
             tmp.unlink(missing_ok=True)
     return path
 
 
-def _to_blob(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list]:
-    """The state dict as one uint8 tensor, and the index ``[key, dtype, shape, offset]`` to read it back."""
-    index, chunks, offset = [], [], 0
+def _drop_derivable_specs(plan: dict) -> None:
+    """Remove from ``plan`` each layer's dense spec that :func:`rebuild` reads off the base model anyway (the
+    registry model, its channels removed and BatchNorms folded): half of a small packed model's plan."""
+    if not plan.get("base"):
+        return
+    from factorch.layers._spec import spec_to_dict
+    from factorch.models._resolve import build_from_spec
+
+    with torch.device("meta"):
+        base = rebuild(build_from_spec(plan["base"], "the model being saved"), {**plan, "layers": {}})
+    for name, desc in plan["layers"].items():
+        try:
+            derived = spec_to_dict(spec_of(get_module(base, name)))
+        except (AttributeError, TypeError, ValueError):
+            continue
+        if derived == desc["spec"]:
+            del desc["spec"]
+
+
+def _to_blob(state: dict[str, torch.Tensor]) -> tuple[bytes, list]:
+    """The state dict's tensors as raw bytes, one after another, and the index ``[key, dtype, shape]`` that
+    reads them back (each tensor's length follows from its dtype and shape)."""
+    index, chunks = [], []
     for key, value in state.items():
-        raw = value.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
-        index.append([key, str(value.dtype).removeprefix("torch."), list(value.shape), offset])
-        chunks.append(raw)
-        offset += raw.numel()
-    return {"blob": torch.cat(chunks) if chunks else torch.zeros(0, dtype=torch.uint8)}, index
+        chunks.append(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        index.append([key, str(value.dtype).removeprefix("torch."), list(value.shape)])
+    return b"".join(chunks), index
 
 
-def _from_blob(state: dict[str, torch.Tensor], index: list) -> dict[str, torch.Tensor]:
-    blob = state["blob"]
-    out, ends = {}, [entry[3] for entry in index[1:]] + [blob.numel()]
-    for (key, dtype, shape, offset), end in zip(index, ends):
-        out[key] = blob[offset:end].clone().view(getattr(torch, dtype)).view(shape)
+def _from_blob(blob: bytes, index: list) -> dict[str, torch.Tensor]:
+    data = torch.frombuffer(bytearray(blob), dtype=torch.uint8) if blob else torch.zeros(0, dtype=torch.uint8)
+    out, offset = {}, 0
+    for key, dtype, shape in index:
+        dtype = getattr(torch, dtype)
+        end = offset + math.prod(shape) * dtype.itemsize
+        if end > data.numel():
+            raise ValueError(f"{key!r} ends at byte {end}, past the {data.numel()} bytes stored")
+        out[key] = data[offset:end].clone().view(dtype).view(shape)
+        offset = end
+    if offset != data.numel():
+        raise ValueError(f"{data.numel() - offset} bytes stored after the last indexed tensor")
     return out
 
 
@@ -144,8 +177,8 @@ def rebuild(base_model: nn.Module, plan: dict) -> nn.Module:
         replace_module(base_model, bn_name, nn.Identity())
     for name, desc in plan.get("layers", {}).items():
         cls = _layer_class(name, desc)
-        get_module(base_model, name)
-        spec = spec_from_dict(desc["spec"])
+        dense = get_module(base_model, name)
+        spec = spec_from_dict(desc["spec"]) if "spec" in desc else spec_of(dense)
         replace_module(base_model, name, cls.build(spec, tuple(desc["ranks"]), **desc.get("options", {})))
     extra = {"folded_bn": plan.get("folded_bn", [])}
     if plan.get("channels"):
@@ -154,7 +187,7 @@ def rebuild(base_model: nn.Module, plan: dict) -> nn.Module:
     return base_model
 
 
-def _unpack_state(state: dict[str, torch.Tensor], plan: dict) -> dict[str, torch.Tensor]:
+def _unpack_state(state: dict[str, torch.Tensor], plan: dict, model: nn.Module) -> dict[str, torch.Tensor]:
     for name, desc in plan.get("layers", {}).items():
         fmt = desc.get("packed")
         if not fmt:
@@ -163,7 +196,7 @@ def _unpack_state(state: dict[str, torch.Tensor], plan: dict) -> dict[str, torch
         own = {k[len(prefix) :]: state.pop(k) for k in [k for k in state if k.startswith(prefix)]}
         cls = _layer_class(name, desc)
         try:
-            unpacked = cls.unpack_state(own, fmt, spec_from_dict(desc["spec"]))
+            unpacked = cls.unpack_state(own, fmt, model.get_submodule(name).spec)
         except (KeyError, ValueError, RuntimeError) as err:
             raise CheckpointError(f"plan layer {name!r}: cannot unpack its {fmt!r} weights: {err}") from err
         state.update({prefix + k: v for k, v in unpacked.items()})
@@ -198,15 +231,20 @@ def load(path: str | Path, base_model: nn.Module | None = None) -> nn.Module:
 
         base_model = build_from_spec(base, str(plan_path))
     model = rebuild(base_model, plan)
-    state = load_state_dict_file(path / WEIGHTS_FILE)
     if plan.get("blob") is not None:
+        weights_path = path / PACKED_FILE
+        if not weights_path.is_file():
+            raise FileNotFoundError(f"{path} holds no {PACKED_FILE}, which its {PLAN_FILE} indexes")
         try:
-            state = _from_blob(state, plan["blob"])
-        except (KeyError, RuntimeError, AttributeError, ValueError) as err:
-            raise CheckpointError(f"{path / WEIGHTS_FILE} does not match its index in {PLAN_FILE}: {err}") from err
-    state = _unpack_state(state, plan)
+            state = _from_blob(weights_path.read_bytes(), plan["blob"])
+        except (KeyError, RuntimeError, AttributeError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{weights_path} does not match its index in {PLAN_FILE}: {err}") from err
+    else:
+        weights_path = path / WEIGHTS_FILE
+        state = load_state_dict_file(weights_path)
+    state = _unpack_state(state, plan, model)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise CheckpointError(f"{path / WEIGHTS_FILE} does not fit the rebuilt model: {err}") from err
+        raise CheckpointError(f"{weights_path} does not fit the rebuilt model: {err}") from err
     return model.eval()

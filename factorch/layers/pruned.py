@@ -217,22 +217,22 @@ class PrunedLayer(MaskedDenseLayer, nn.Module):
 
     def pack_state_huffman(self, state: dict[str, Tensor]) -> tuple[dict[str, Tensor], str]:
         """The non-zero values, their positions as Huffman-coded gaps (Deep Compression's sparse storage)."""
-        from factorch.huffman import encode_positions, stream_tensors
+        from factorch.huffman import position_tensors
 
         mask = state["mask"].to(torch.bool)
         packed = {k: v for k, v in state.items() if k not in ("mask", "layer.weight")}
         packed["values"] = state["layer.weight"][mask].clone()
-        packed.update(stream_tensors(encode_positions(mask.flatten().cpu().numpy()), "positions"))
+        packed.update(position_tensors(mask.flatten().cpu().numpy(), "positions"))
         return packed, HUFFMAN_FORMAT
 
     @classmethod
     def unpack_state(cls, packed: dict[str, Tensor], fmt: str, spec: Spec) -> dict[str, Tensor]:
         if fmt == HUFFMAN_FORMAT:
-            from factorch.huffman import decode_positions, stream_from_tensors
+            from factorch.huffman import positions_from_tensors
 
             shape = spec.dense(device="meta").weight.shape
             state = dict(packed)
-            mask = torch.from_numpy(decode_positions(stream_from_tensors(state, "positions"), math.prod(shape)))
+            mask = torch.from_numpy(positions_from_tensors(state, "positions", math.prod(shape)))
             mask = mask.view(shape)
             values = state.pop("values")
             weight = torch.zeros(shape, dtype=values.dtype)

@@ -226,12 +226,12 @@ class SharedWeightLayer(MaskedDenseLayer, nn.Module):
     def pack_state_huffman(self, state: dict[str, Tensor]) -> tuple[dict[str, Tensor], str]:
         """Deep Compression's storage: the non-zeros' positions as Huffman-coded gaps, their codebook indices
         Huffman-coded, the codebook and biases in float32."""
-        from factorch.huffman import encode, encode_positions, stream_tensors
+        from factorch.huffman import encode, position_tensors, stream_tensors
 
         mask = state["mask"].to(torch.bool)
         packed = {k: v for k, v in state.items() if k not in ("codes", "mask")}
         if not bool(mask.all()):  # a dense layer's positions are implied
-            packed.update(stream_tensors(encode_positions(mask.flatten().cpu().numpy()), "positions"))
+            packed.update(position_tensors(mask.flatten().cpu().numpy(), "positions"))
         packed.update(stream_tensors(encode(state["codes"][mask].long().cpu().numpy()), "indices"))
         return packed, HUFFMAN_FORMAT
 
@@ -239,11 +239,11 @@ class SharedWeightLayer(MaskedDenseLayer, nn.Module):
     def unpack_state(cls, packed: dict[str, Tensor], fmt: str, spec: Spec) -> dict[str, Tensor]:
         shape = tuple(spec.dense(device="meta").weight.shape)
         if fmt == HUFFMAN_FORMAT:
-            from factorch.huffman import decode, decode_positions, stream_from_tensors
+            from factorch.huffman import decode, positions_from_tensors, stream_from_tensors
 
             state = dict(packed)
             if "positions" in state:
-                flat = decode_positions(stream_from_tensors(state, "positions"), math.prod(shape))
+                flat = positions_from_tensors(state, "positions", math.prod(shape))
                 mask = torch.from_numpy(flat).view(shape)
             else:
                 mask = torch.ones(shape, dtype=torch.bool)
