@@ -60,7 +60,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     train, test = fashion_mnist("train"), fashion_mnist("test")
-    runs = Path("runs") / f"bench-dc-{args.model}"
+    runs = Path("runs") / f"bench-dc-{args.model}-{args.sparsity:g}-{args.steps}x{args.prune_epochs}-b{args.bits}"
     dense = factorch.models.create_model(args.model, pretrained=True).eval()
 
     def acc(m) -> float:
