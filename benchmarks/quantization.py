@@ -10,8 +10,9 @@ at the end of each row:
 * ``onnx``: deployment on ONNX Runtime (CPU, ``--threads`` threads), three int8 models timed together:
   ``factorch.export_onnx(int8=True)`` (static QDQ, per-channel int8 weights, BatchNorms folded), ONNX
   Runtime's own ``quantize_static`` with its default settings on the plain exported model (what its docs
-  show), and factorch's int8 export of the model factorized to ``macs=0.33`` (AutoConfig over Tucker-2,
-  ``--fact-epochs`` epochs of distillation); latency at batch 1 and 64 against the float32 ONNX model and the
+  show), and factorch's int8 export of the model factorized to ``macs=0.33`` (AutoConfig over Tucker-2, and
+  over spatial SVD: ONNX Runtime's int8 convolutions gain little on thin layers such as Tucker-2's cores on
+  resnet20; ``--fact-epochs`` epochs of distillation); latency at batch 1 and 64 against the float32 ONNX model and the
   dense eager float32 model, medians of paired, alternated calls in ``--latency-runs`` fresh processes (the
   median ratio and its spread over the runs); accuracy of each int8 model as run by ONNX Runtime.
 * ``qat``: 4-bit weights and activations (LSQ step sizes), ``--qat-epochs`` epochs of distillation from the
@@ -203,15 +204,16 @@ def trained(dense: nn.Module, cfg, calib, train, epochs: int, acc, key: str) -> 
 
 FACTORCH_INT8 = "int8 ONNX Runtime (factorch.export_onnx)"
 ORT_DEFAULTS = "int8 ONNX Runtime quantize_static (defaults)"
-FACT_INT8 = "int8 ONNX Runtime + factorization (auto tucker2 macs=0.33)"
-ONNX_ROWS = (FACTORCH_INT8, ORT_DEFAULTS, FACT_INT8)
+FACT_METHODS = ("tucker2", "spatial-svd")  # ONNX Runtime's int8 convolutions gain little on Tucker-2's thin cores
+FACT_INT8 = {m: f"int8 ONNX Runtime + factorization (auto {m} macs=0.33)" for m in FACT_METHODS}
+ONNX_ROWS = (FACTORCH_INT8, ORT_DEFAULTS, *FACT_INT8.values())
 
 
 def onnx_rows(dense: nn.Module, name: str, calib, test, train, args) -> dict[str, dict]:
     """Three int8 ONNX models of one reference model: factorch's export (BatchNorms folded, per-channel
     weights), ONNX Runtime's ``quantize_static`` with its defaults on the plain exported model (what its docs
-    show), and factorch's export of the model factorized to ``macs=0.33`` (AutoConfig over Tucker-2, the form
-    ONNX Runtime runs as plain convolutions; ``--fact-epochs`` epochs of distillation). Latency: all of them
+    show), and factorch's export of the model factorized to ``macs=0.33`` by AutoConfig over Tucker-2, and over
+    spatial SVD (``--fact-epochs`` epochs of distillation each). Latency: all of them
     with the float32 ONNX model and the dense eager model, paired, in ``--latency-runs`` fresh processes;
     each ratio is the median over runs and its spread (min, max) is kept."""
     from onnxruntime.quantization import CalibrationDataReader, quantize_static
@@ -223,22 +225,29 @@ def onnx_rows(dense: nn.Module, name: str, calib, test, train, args) -> dict[str
         def get_next(self):
             return next(self.batches, None)
 
-    t0 = time.perf_counter()
-    fact, report = factorch.compress(dense, factorch.AutoConfig("macs=0.33", methods=["tucker2"]), example_inputs=X,
-                                     calib_data=calib)  # fmt: skip
-    fact_acc_before = round(evaluate(fact, test, show_progress=False)["accuracy"], 2)
-    if args.fact_epochs:
-        fact = factorch.finetune(fact, train, teacher=dense, epochs=args.fact_epochs, inplace=True, resume=True,
-                                 out_dir=Path("runs") / "bench-quant" / f"{name}-tucker2-0.33")  # fmt: skip
-    fact_time = time.perf_counter() - t0
+    facts = {}
+    for method in FACT_METHODS:
+        t0 = time.perf_counter()
+        fact, report = factorch.compress(dense, factorch.AutoConfig("macs=0.33", methods=[method]), example_inputs=X,
+                                         calib_data=calib)  # fmt: skip
+        before = round(evaluate(fact, test, show_progress=False)["accuracy"], 2)
+        if args.fact_epochs:
+            fact = factorch.finetune(fact, train, teacher=dense, epochs=args.fact_epochs, inplace=True, resume=True,
+                                     out_dir=Path("runs") / "bench-quant" / f"{name}-{method}-0.33")  # fmt: skip
+        facts[method] = fact, {
+            "macs_ratio": report.totals["macs_ratio"], "float_accuracy_before_finetune": before,
+            "finetune_epochs": args.fact_epochs, "factorize_time_s": round(time.perf_counter() - t0, 1),
+        }  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         f32 = factorch.export_onnx(dense, Path(tmp) / "f32.onnx", X)
         ours = factorch.export_onnx(dense, Path(tmp) / "i8.onnx", X, int8=True, calib_data=calib)
         plain = factorch.export_onnx(dense, Path(tmp) / "plain.onnx", X, fold_bn=False)
         theirs = Path(tmp) / "ort.onnx"
         quantize_static(str(plain), str(theirs), Reader())
-        fact_i8 = factorch.export_onnx(fact, Path(tmp) / "fact-i8.onnx", X, int8=True, calib_data=calib)
-        files = [f32, ours, theirs, fact_i8]
+        files = [f32, ours, theirs] + [
+            factorch.export_onnx(facts[m][0], Path(tmp) / f"{m}-i8.onnx", X, int8=True, calib_data=calib)
+            for m in FACT_METHODS
+        ]
         runs = [paired_ort_latency(files, name, args.threads) for _ in range(args.latency_runs)]
         rows = {}
         for i, key in enumerate(ONNX_ROWS, start=1):
@@ -250,10 +259,8 @@ def onnx_rows(dense: nn.Module, name: str, calib, test, train, args) -> dict[str
                     row[f"int8_vs_{ref}_b{b}_spread"] = [ratios[0], ratios[-1]]
             rows[key] = row
         rows[FACTORCH_INT8]["float_onnx_accuracy"] = ort_accuracy(f32, test)
-        rows[FACT_INT8].update(
-            macs_ratio=report.totals["macs_ratio"], float_accuracy_before_finetune=fact_acc_before,
-            finetune_epochs=args.fact_epochs, factorize_time_s=round(fact_time, 1),
-        )  # fmt: skip
+        for method in FACT_METHODS:
+            rows[FACT_INT8[method]].update(facts[method][1])
         return rows
 
 
