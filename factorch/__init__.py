@@ -27,6 +27,9 @@ from factorch.config import SpatialSVDConfig as SpatialSVDConfig
 from factorch.config import SVDConfig as SVDConfig
 from factorch.config import TTConfig as TTConfig
 from factorch.config import Tucker2Config as Tucker2Config
+from factorch.complexity import Score as Score
+from factorch.complexity import ScoreRules as ScoreRules
+from factorch.complexity import score as score
 from factorch.cost import Cost as Cost
 from factorch.export import export_onnx as export_onnx
 from factorch.io import load as load
@@ -97,4 +100,7 @@ __all__ = [
     "prune",
     "rank",
     "save",
+    "Score",
+    "ScoreRules",
+    "score",
 ]

@@ -88,7 +88,7 @@ def save(model: nn.Module, path: str | Path, *, pack: bool = False) -> Path:
     state = _packed_state(model, plan, huffman=pack)
     if pack:  # raw bytes and a short index: no per-tensor or zip framing (kilobytes on a small model)
         _drop_derivable_specs(plan)
-        blob, plan["blob"] = _to_blob(state)
+        blob = _to_blob(state, plan)
     weights_name = PACKED_FILE if pack else WEIGHTS_FILE
     path.mkdir(parents=True, exist_ok=True)
     tmp_plan, tmp_weights = path / (PLAN_FILE + ".tmp"), path / (weights_name + ".tmp")
@@ -126,14 +126,44 @@ def _drop_derivable_specs(plan: dict) -> None:
             del desc["spec"]
 
 
-def _to_blob(state: dict[str, torch.Tensor]) -> tuple[bytes, list]:
-    """The state dict's tensors as raw bytes, one after another, and the index ``[key, dtype, shape]`` that
-    reads them back (each tensor's length follows from its dtype and shape)."""
-    index, chunks = [], []
-    for key, value in state.items():
-        chunks.append(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-        index.append([key, str(value.dtype).removeprefix("torch."), list(value.shape)])
-    return b"".join(chunks), index
+def _to_blob(state: dict[str, torch.Tensor], plan: dict) -> bytes:
+    """The state dict's tensors as raw bytes, one after another, indexed in ``plan``: each compressed layer's
+    tensors as ``[key within the layer, dtype, shape]`` in its own entry (``"blob"``), the others in the plan's
+    ``"blob"`` list, read first (a tensor's length follows from its dtype and shape). Empty fields are left
+    out: on a small model the plan is a good part of the file."""
+    layers = plan["layers"]
+    owner = {}
+    for key in state:
+        layer = key.rsplit(".", 1)[0]
+        while layer and layer not in layers:
+            layer = layer.rsplit(".", 1)[0] if "." in layer else ""
+        owner[key] = layer
+    plan["blob"] = []
+    for desc in layers.values():
+        desc["blob"] = []
+        if not desc.get("options"):
+            desc.pop("options", None)
+    if not plan.get("folded_bn"):
+        plan.pop("folded_bn", None)
+    ordered = [k for k in state if not owner[k]] + [k for name in layers for k in state if owner[k] == name]
+    for key in ordered:
+        value = state[key]
+        entry = [str(value.dtype).removeprefix("torch."), list(value.shape)]
+        if owner[key]:
+            layers[owner[key]]["blob"].append([key[len(owner[key]) + 1 :], *entry])
+        else:
+            plan["blob"].append([key, *entry])
+    return b"".join(
+        state[k].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() for k in ordered
+    )
+
+
+def _blob_index(plan: dict) -> list:
+    """``[key, dtype, shape]`` of every tensor of a packed file, in the order they were written."""
+    index = [list(entry) for entry in plan["blob"]]
+    for name, desc in plan.get("layers", {}).items():
+        index += [[f"{name}.{key}", dtype, shape] for key, dtype, shape in desc.get("blob", [])]
+    return index
 
 
 def _from_blob(blob: bytes, index: list) -> dict[str, torch.Tensor]:
@@ -236,7 +266,7 @@ def load(path: str | Path, base_model: nn.Module | None = None) -> nn.Module:
         if not weights_path.is_file():
             raise FileNotFoundError(f"{path} holds no {PACKED_FILE}, which its {PLAN_FILE} indexes")
         try:
-            state = _from_blob(weights_path.read_bytes(), plan["blob"])
+            state = _from_blob(weights_path.read_bytes(), _blob_index(plan))
         except (KeyError, RuntimeError, AttributeError, TypeError, ValueError) as err:
             raise CheckpointError(f"{weights_path} does not match its index in {PLAN_FILE}: {err}") from err
     else:

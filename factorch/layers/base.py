@@ -413,6 +413,12 @@ class MaskedDenseLayer(CompressedLayer):
     def reconstruct_weight(self) -> Tensor:
         return self.effective_weight().detach().double()
 
+    def operand_bits(self) -> tuple[float, float]:
+        """Bits of the weight and of the activation that each multiplication of this layer reads (what
+        ``factorch.score`` charges): the float values it computes with, unless the layer quantizes them."""
+        bits = torch.finfo(self.layer.weight.dtype).bits
+        return float(bits), float(bits)
+
     def to_dense(self) -> nn.Module:
         """The dense layer with the effective weight: what this layer computes (for weights-only methods)."""
         weight = self.effective_weight().detach()

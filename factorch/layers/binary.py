@@ -71,6 +71,10 @@ class BinaryLayer(MaskedDenseLayer, nn.Module):
     def mode(self) -> str:
         return self.options["mode"]
 
+    def operand_bits(self) -> tuple[float, float]:
+        """1-bit weights; XNOR-Net's inputs are binarised too (their scale applied after the sum)."""
+        return 1.0, 1.0 if self.mode == "xnor" else float(torch.finfo(self.layer.weight.dtype).bits)
+
     @classmethod
     def check(cls, spec: Spec, options: dict) -> None:
         if not isinstance(spec, (ConvSpec, LinearSpec)):

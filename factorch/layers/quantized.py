@@ -218,6 +218,9 @@ class QuantizedLayer(MaskedDenseLayer, nn.Module):
     def ranks(self) -> tuple[int, ...]:
         return (self.weight_bits, self.act_bits)
 
+    def operand_bits(self) -> tuple[float, float]:
+        return float(self.weight_bits), float(self.act_bits)
+
     # -- the protocol ------------------------------------------------------------------------------------
     @classmethod
     def check(cls, spec: Spec, options: dict) -> None:
