@@ -15,8 +15,8 @@ at the end of each row:
   resnet20; ``--fact-epochs`` epochs of distillation); latency at batch 1 and 64 against the float32 ONNX model and the
   dense eager float32 model, medians of paired, alternated calls in ``--latency-runs`` fresh processes (the
   median ratio and its spread over the runs); accuracy of each int8 model as run by ONNX Runtime.
-* ``qat``: 4-bit weights and activations (LSQ step sizes), ``--qat-epochs`` epochs of distillation from the
-  float model (SGD + cosine from lr 0.01, augmented training set).
+* ``qat``: 4-bit weights and activations (LSQ step sizes from ``--qat-observer`` ranges), ``--qat-epochs``
+  epochs of distillation from the float model (SGD + cosine from lr 0.01, augmented training set).
 * ``binary``: BinaryConnect, BWN and XNOR-Net weights, ``--binary-epochs`` epochs of distillation.
 * ``peers``: ``torch.ao.quantization`` and torchao where they run here (the row says why not); ONNX
   Runtime's ``quantize_static`` is timed in the ``onnx`` rows, beside factorch's export.
@@ -114,6 +114,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--force", action="store_true")
     parser.add_argument("--qat-epochs", type=int, default=3)
+    parser.add_argument("--qat-observer", default="minmax", help="initial weight and activation ranges of W4A4")
     parser.add_argument("--binary-epochs", type=int, default=5)
     parser.add_argument("--binary-modes", default="bwn,xnor,binaryconnect")
     parser.add_argument("--fact-epochs", type=int, default=1, help="distillation epochs of the factorized model")
@@ -145,9 +146,10 @@ def main() -> None:
             for observer in ("minmax", "percentile", "mse"):
                 plan.append((f"int8 PTQ factorch ({observer})", lambda o=observer: ptq(dense, calib, o, acc)))
         if "qat" in rows:
-            cfg = factorch.QuantConfig(weight_bits=4, act_bits=4)
-            plan.append(("W4A4 QAT + distillation", lambda c=cfg: trained(dense, c, calib, train, args.qat_epochs, acc,
-                                                                            f"{name}-w4a4")))  # fmt: skip
+            cfg = factorch.QuantConfig(weight_bits=4, act_bits=4, observer=args.qat_observer)
+            tag = "" if args.qat_observer == "minmax" else f" ({args.qat_observer} ranges)"
+            plan.append((f"W4A4 QAT + distillation{tag}", lambda c=cfg: trained(
+                dense, c, calib, train, args.qat_epochs, acc, f"{name}-w4a4-{args.qat_observer}")))  # fmt: skip
         if "binary" in rows:
             for mode in args.binary_modes.split(","):
                 cfg = factorch.BinaryConfig(mode=mode)

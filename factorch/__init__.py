@@ -13,6 +13,9 @@ from factorch.apply import apply_plan as apply_plan
 from factorch.auto import AutoConfig as AutoConfig
 from factorch.calibrate import CalibrationConfig as CalibrationConfig
 from factorch.calibrate import calibrate_ as calibrate_
+from factorch.complexity import Score as Score
+from factorch.complexity import ScoreRules as ScoreRules
+from factorch.complexity import score as score
 from factorch.config import BinaryConfig as BinaryConfig
 from factorch.config import CPConfig as CPConfig
 from factorch.config import FactorizationConfig as FactorizationConfig
@@ -27,9 +30,6 @@ from factorch.config import SpatialSVDConfig as SpatialSVDConfig
 from factorch.config import SVDConfig as SVDConfig
 from factorch.config import TTConfig as TTConfig
 from factorch.config import Tucker2Config as Tucker2Config
-from factorch.complexity import Score as Score
-from factorch.complexity import ScoreRules as ScoreRules
-from factorch.complexity import score as score
 from factorch.cost import Cost as Cost
 from factorch.export import export_onnx as export_onnx
 from factorch.io import load as load

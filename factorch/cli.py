@@ -127,6 +127,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     _add_threads(p)
 
+    p = sub.add_parser("score", help="complexity score (effdl or MicroNet rules), per layer and in total")
+    p.add_argument("model", help="registry name, saved folder, checkpoint, or package.module:factory")
+    p.add_argument("--pretrained", action="store_true")
+    p.add_argument("--input-shape", type=_parse_shape, default=(1, 1, 28, 28))
+    p.add_argument("--rules", default="effdl", choices=["effdl", "micronet-cifar100", "micronet-imagenet"])
+    p.add_argument("--free-16bit", dest="free_16bit", action="store_true", default=None,
+                   help="count values wider than 16 bits as 16 bits (MicroNet rules: the default)")  # fmt: skip
+    p.add_argument("--no-free-16bit", dest="free_16bit", action="store_false")
+    p.add_argument("--json", action="store_true", help="print the score as JSON")
+
     p = sub.add_parser("compress", help="compress a model's layers (any method, or a budget) and report before/after")
     p.add_argument("model", help="registry name, saved folder, checkpoint, or package.module:factory")
     p.add_argument("--pretrained", action="store_true", help="start from the shipped Fashion-MNIST weights")
@@ -403,6 +413,21 @@ def cmd_profile(args: argparse.Namespace) -> int:
     report.print(console)
     if latency is not None:
         console.print(latency.to_markdown())
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    import factorch
+    from factorch.resolve import load_model
+
+    model = load_model(args.model, pretrained=args.pretrained)
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    x = torch.zeros(*args.input_shape, dtype=dtype)
+    result = factorch.score(model, example_inputs=x, rules=args.rules, free_16bit=args.free_16bit)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        console.print(result.to_markdown(), markup=False, highlight=False)
     return 0
 
 
@@ -774,6 +799,7 @@ COMMANDS = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
     "profile": cmd_profile,
+    "score": cmd_score,
     "compress": cmd_compress,
     "prune": cmd_prune,
     "quantize": cmd_quantize,

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from factorch.cost import Cost
 from factorch.layers.base import MaskedDenseLayer
 from factorch.surgery import fold_batchnorms
 
@@ -61,6 +62,17 @@ class ScoreRules:
     style: str = "micronet"
     accumulator_bits: int = 32
     free_16bit: bool = False
+
+    def of_cost(self, cost: Cost) -> float:
+        """One layer's share of the score from its :class:`~factorch.cost.Cost` (what the budget solver adds up
+        per candidate): its stored bits and its MACs at ``op_bits``; under ``micronet`` a MAC is one
+        multiplication (skipped where the weight is pruned) and one accumulator addition."""
+        if self.style == "effdl":
+            stored = cost.nonzero_params * cost.weight_bits + cost.index_bits
+            return stored / 32 / self.ref_params + cost.macs * cost.op_bits / 32 / self.ref_ops
+        density = cost.nonzero_params / cost.params if cost.params else 1.0
+        ops = cost.macs * density * (cost.op_bits + self.accumulator_bits) / 32
+        return cost.size_bits / 32 / self.ref_params + ops / self.ref_ops
 
     def __post_init__(self) -> None:
         if self.style not in ("effdl", "micronet"):
@@ -446,6 +458,17 @@ def _module_stack(model: nn.Module, counter: _Counter) -> Iterator[None]:
             h.remove()
 
 
+def resolve_rules(rules: str | ScoreRules) -> ScoreRules:
+    """A rules name or object as :class:`ScoreRules` (``ValueError`` naming the choices)."""
+    if isinstance(rules, ScoreRules):
+        return rules
+    if isinstance(rules, str) and rules in RULES:
+        return RULES[rules]
+    if isinstance(rules, str):
+        raise ValueError(f"unknown score rules {rules!r}; choose from {', '.join(RULES)} or pass a ScoreRules")
+    raise TypeError(f"rules must be a name or a ScoreRules, got {type(rules).__name__}")
+
+
 def score(
     model: nn.Module,
     example_inputs: Tensor | tuple,
@@ -465,12 +488,7 @@ def score(
     Returns:
         A :class:`Score`: ``params`` and ``ops`` as counted (32-bit equivalents), ``score``, per-layer rows.
     """
-    if isinstance(rules, str):
-        if rules not in RULES:
-            raise ValueError(f"unknown score rules {rules!r}; choose from {', '.join(RULES)} or pass a ScoreRules")
-        rules = RULES[rules]
-    if not isinstance(rules, ScoreRules):
-        raise TypeError(f"rules must be a name or a ScoreRules, got {type(rules).__name__}")
+    rules = resolve_rules(rules)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)

@@ -24,6 +24,8 @@ class Cost:
         mask_bits: bits of sparsity bookkeeping (a 1-bit mask over the pruned tensors), 0 when dense.
         index_bits: other bookkeeping (codebooks' indices, Huffman tables...), 0 when none.
         latency_s: measured time of one forward pass, when measured.
+        op_bits: bits of the widest operand of each multiplication (weights or activations; 32 in float32,
+            8 in W8A8, 1 in XNOR-Net): what a complexity score charges per MAC.
     """
 
     params: int
@@ -33,6 +35,7 @@ class Cost:
     mask_bits: int = 0
     index_bits: int = 0
     latency_s: float | None = None
+    op_bits: float = 32.0
 
     @staticmethod
     def dense(params: int, macs: int, weight_bits: float = 32.0) -> Cost:
@@ -83,6 +86,9 @@ class Cost:
             mask_bits=self.mask_bits + other.mask_bits,
             index_bits=self.index_bits + other.index_bits,
             latency_s=latency,
+            op_bits=(self.macs * self.op_bits + other.macs * other.op_bits) / (self.macs + other.macs)
+            if self.macs + other.macs
+            else max(self.op_bits, other.op_bits),
         )
 
     def to_dict(self) -> dict:
@@ -95,4 +101,5 @@ class Cost:
             "index_bits": self.index_bits,
             "size_bytes": self.size_bytes,
             "latency_s": self.latency_s,
+            "op_bits": self.op_bits,
         }

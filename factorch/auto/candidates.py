@@ -38,6 +38,7 @@ class Candidate:
     measured: bool = True  # False: a rank between two scored neighbours, its damage interpolated
     latency_s: float | None = None
     size: int = 0  # bytes stored compactly (Cost.size_bytes)
+    score: float = 0.0  # share of the complexity score under the search's rules (score= targets)
 
     @property
     def key(self) -> str:
@@ -54,6 +55,7 @@ class LayerChoices:
     dense_params: int
     dense_macs: int
     dense_size: int = 0
+    dense_score: float = 0.0
     candidates: list[Candidate] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
     dense_latency_s: float | None = None
@@ -69,20 +71,25 @@ def _round_ranks(ranks: tuple[int, ...], max_ranks: tuple[int, ...], step: int) 
 
 def _cost(kind: str, c: Candidate) -> float:
     """A candidate's cost in a budget's units (``params`` counts non-zero parameters)."""
-    return float({"latency": c.latency_s, "params": c.params, "size": c.size}.get(kind, c.macs))
+    return float({"latency": c.latency_s, "params": c.params, "size": c.size, "score": c.score}.get(kind, c.macs))
 
 
 def _dense_cost(kind: str, lc: LayerChoices) -> float:
     return float(
-        {"latency": lc.dense_latency_s, "params": lc.dense_params, "size": lc.dense_size}.get(kind, lc.dense_macs)
+        {"latency": lc.dense_latency_s, "params": lc.dense_params, "size": lc.dense_size, "score": lc.dense_score}.get(
+            kind, lc.dense_macs
+        )
     )
 
 
-def _cheaper(kind: str, cost: Cost, lc: LayerChoices) -> bool:
+def _cheaper(kind: str, cost: Cost, lc: LayerChoices, score: float = 0.0) -> bool:
     """A candidate worth offering: cheaper than the dense layer in the budget's units, dearer in none.
 
-    Under a latency budget, MACs stand in until the candidates are timed.
+    Under a latency budget, MACs stand in until the candidates are timed; under a score budget, ``score`` is
+    the candidate's share (fewer bits can pay for more MACs, and the reverse).
     """
+    if kind == "score":
+        return score < lc.dense_score
     unit = "macs" if kind == "latency" else kind
     dense = {"macs": lc.dense_macs, "params": lc.dense_params, "size": lc.dense_size}
     return cost.of(unit) < dense[unit] and cost.macs <= lc.dense_macs and cost.nonzero_params <= lc.dense_params

@@ -76,7 +76,7 @@ def auto_compress(
     from factorch.apply import apply_plan
 
     target: Target = cfg.parsed_target
-    if target.fraction is None and eval_fn is None:
+    if target.fraction is None and target.value is None and eval_fn is None:
         raise ValueError(f"AutoConfig(target={cfg.target!r}) without a fraction searches by accuracy: pass eval_fn")
     if cfg.max_accuracy_drop is not None and eval_fn is None:
         raise ValueError(
@@ -143,7 +143,12 @@ def auto_compress(
 
     warnings: list[str] = []
     attempts = []
-    if target.fraction is None:  # smallest budget whose measured drop is within max_accuracy_drop
+    goal_fraction = target.fraction
+    if target.kind == "score":  # an absolute score: the fraction of the dense model's score it keeps
+        goal_fraction = target.value / total
+        if goal_fraction >= 1:
+            warnings.append(f"the dense model already scores {total:.6g} <= {target.value:g} ({cfg.rules})")
+    if goal_fraction is None:  # smallest budget whose measured drop is within max_accuracy_drop
         allowed = cfg.max_accuracy_drop
         lo, hi, best = search.floor(total, fixed), 1.0, None
         for _ in range(7):
@@ -166,7 +171,7 @@ def auto_compress(
             built, report, _ = best
         fraction = None
     else:
-        fraction = target.fraction
+        fraction = min(1.0, goal_fraction)
         margin = 0.99 if target.kind == "latency" else 0.999
         tried: list[tuple[float, float, nn.Module, CompressionReport]] = []  # (goal, measured, model, report)
         goal = fraction
@@ -183,7 +188,7 @@ def auto_compress(
                 if not attempt:
                     raise  # the target itself is out of reach
                 break
-            ratio = _achieved(report, target.kind, built, reference, inputs, cfg)
+            ratio = _achieved(report, target.kind, built, reference, inputs, cfg, search)
             attempts.append({"fraction": goal, "achieved": ratio})
             tried.append((goal, ratio, built, report))
             met = [t for t in tried if t[1] <= fraction]
@@ -243,7 +248,14 @@ def _achieved(
     reference: nn.Module,
     inputs: tuple[Tensor, ...],
     cfg: AutoConfig,
+    search: AutoSearch,
 ) -> float:
+    if kind == "score":  # the built model scored whole, against the model as given
+        from factorch.complexity import score
+
+        after = score(built, inputs, rules=search.rules).score
+        report.totals.update(score=after, score_dense=search.totals_before["score"], score_rules=search.rules.name)
+        return after / search.totals_before["score"]
     if kind != "latency":  # params budgets count non-zeros; size budgets bytes stored compactly
         return float(report.totals[{"params": "nonzero_params_ratio", "size": "size_ratio"}.get(kind, f"{kind}_ratio")])
     t = time_pair(

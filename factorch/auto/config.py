@@ -6,7 +6,7 @@ import numbers
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
-TARGET_KINDS = ("macs", "params", "size", "latency")
+TARGET_KINDS = ("macs", "params", "size", "latency", "score")
 OBJECTIVES = ("accuracy", "kl", "output")
 RUNTIMES = ("torch", "onnxruntime")
 AUTO_METHODS = ("tucker2", "cp", "svd", "spatial-svd")  # the default choice; any searchable registered method
@@ -15,11 +15,13 @@ AUTO_CONFIG_VERSION = 1
 
 @dataclass(frozen=True)
 class Target:
-    """``kind`` in ``macs | params | latency`` and the fraction of the dense model to keep (``None``: as
-    small as ``max_accuracy_drop`` allows)."""
+    """``kind`` in ``macs | params | size | latency`` and the fraction of the dense model to keep (``None``: as
+    small as ``max_accuracy_drop`` allows); or ``score`` and the complexity score to reach (``value``, under
+    ``AutoConfig.rules``), turned into a fraction of the dense model's score by the search."""
 
     kind: str
     fraction: float | None
+    value: float | None = None
 
     @staticmethod
     def parse(text: str) -> Target:
@@ -35,11 +37,17 @@ class Target:
             fraction = float(value)
         except ValueError:
             raise ValueError(f"target {text!r}: {value!r} is not a number; use e.g. '{kind}=0.33'") from None
+        if kind == "score":
+            if not fraction > 0:
+                raise ValueError(f"target {text!r}: the score must be positive, got {fraction}")
+            return Target(kind, None, fraction)
         if not 0 < fraction <= 1:
             raise ValueError(f"target {text!r}: the fraction to keep must be in (0, 1], got {fraction}")
         return Target(kind, fraction)
 
     def __str__(self) -> str:
+        if self.value is not None:
+            return f"{self.kind}={self.value:g}"
         return self.kind if self.fraction is None else f"{self.kind}={self.fraction:g}"
 
 
@@ -57,8 +65,12 @@ class AutoConfig:
         target: ``"macs=F"``, ``"params=F"`` (keep fraction ``F`` of the whole model's MACs / parameters) or
             ``"latency=F"`` (measured, this machine and runtime, at ``batch_size``). Without ``=F`` (e.g.
             ``"macs"``), the smallest model whose accuracy drop, by ``eval_fn``, is at most
-            ``max_accuracy_drop`` is searched for.
-        methods: the methods to choose from, among ``tucker2``, ``cp``, ``svd``, ``spatial-svd``.
+            ``max_accuracy_drop`` is searched for. ``"score=S"``: a complexity score of at most ``S`` under
+            ``rules`` (see :func:`factorch.score`), e.g. ``"score=0.008"``; each candidate is priced by its
+            stored bits and its MACs at the widest operand's bits.
+        methods: the methods to choose from, among ``tucker2``, ``cp``, ``svd``, ``spatial-svd`` and every other
+            searchable registered method (``prune``: sparsity levels; ``quant``: weight and activation bit
+            widths; ``kmeans``: shared-weight bits...).
         objective: the damage score: ``"accuracy"`` (``eval_fn``'s drop when given, else the KL divergence of
             the network's softmax outputs, a label-free accuracy proxy), ``"kl"`` (always the KL proxy) or
             ``"output"`` (relative squared error of the network's outputs).
@@ -89,8 +101,8 @@ class AutoConfig:
         keep_edges: leave the first conv and the final classifier dense.
         fold_bn: fold BatchNorms into the preceding convs before analysing (exact at inference; the compressed
             convs then carry the BatchNorm's scale and shift and the BatchNorm becomes an identity). ``None``
-            (default): folded for latency targets, where a separate BatchNorm pass is time the budget pays
-            for, and not for MACs / parameter targets.
+            (default): folded for latency and score targets (a separate BatchNorm pass is time the budget
+            pays for; the score rules fold BatchNorms), not for MACs / parameter targets.
         measure: measure the chosen layers' and the whole model's latency (batch 1 and ``batch_size``) and
             add it to the report (always done for latency targets).
         threads: torch threads while timing (``None``: leave as is).
@@ -99,6 +111,8 @@ class AutoConfig:
         cache_dir: where the tables go; default ``$FACTORCH_CACHE`` or ``~/.cache/factorch``.
         progress: show progress bars.
         calibrate: optional calibration settings applied after building (see ``CalibrationConfig``).
+        rules: the score rules of a ``score=`` target: ``"effdl"``, ``"micronet-cifar100"``,
+            ``"micronet-imagenet"`` or a ``ScoreRules``.
     """
 
     target: str | None = None
@@ -123,6 +137,7 @@ class AutoConfig:
     cache_dir: str | None = None
     progress: bool = True
     calibrate: Any = field(default=None)
+    rules: Any = "effdl"
 
     def __post_init__(self) -> None:
         from factorch.calibrate.config import as_calibration
@@ -130,8 +145,13 @@ class AutoConfig:
         self.calibrate = as_calibration(self.calibrate)
         if self.target is None and self.max_accuracy_drop is None:
             raise ValueError("AutoConfig needs a target such as 'macs=0.33', or a max_accuracy_drop")
+        from factorch.complexity import resolve_rules
+
+        resolve_rules(self.rules)  # a clear error now, not after the analysis
+        if self.parsed_target.kind == "score" and self.max_accuracy_drop is not None:
+            raise ValueError("AutoConfig: a score target is an absolute goal; max_accuracy_drop searches for one")
         if self.fold_bn is None:
-            self.fold_bn = self.parsed_target.kind == "latency"
+            self.fold_bn = self.parsed_target.kind in ("latency", "score")
         elif not isinstance(self.fold_bn, bool):
             raise ValueError(f"AutoConfig(fold_bn=...) must be True, False or None, got {self.fold_bn!r}")
         if isinstance(self.methods, str):
@@ -195,6 +215,7 @@ class AutoConfig:
                 "fold_bn",
             )
         }
+        body["rules"] = self.rules if isinstance(self.rules, str) else self.rules.name
         body["methods"], body["levels"] = list(self.methods), list(self.levels)
         body["calibrate"] = None if self.calibrate is None else self.calibrate.to_dict()
         return {"type": "AutoConfig", "version": AUTO_CONFIG_VERSION, **body}

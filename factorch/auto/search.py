@@ -79,13 +79,16 @@ class AutoSearch:
     ) -> None:
         self.cfg, self.inputs, self.calib, self.eval_fn = cfg, inputs, calib, eval_fn
         self.kind = cfg.parsed_target.kind
+        from factorch.complexity import resolve_rules
+
+        self.rules = resolve_rules(cfg.rules)
         self.model = copy.deepcopy(model).eval()
         if cfg.fold_bn:
             fold_batchnorms(self.model, conv_bn_pairs(self.model))
         from factorch.profiling import profile
 
-        self.totals_before = self._totals(model, profile(model, inputs))
-        self.totals_work = self._totals(self.model, profile(self.model, inputs))
+        self.totals_before = self._totals(model, profile(model, inputs), self._model_score(model))
+        self.totals_work = self._totals(self.model, profile(self.model, inputs), self._model_score(self.model))
         self.layers: list[LayerChoices] = []
         self.skipped: dict[str, str] = {}
         self.stats: dict[str, Any] = {}
@@ -98,9 +101,20 @@ class AutoSearch:
         self._enumerate()
 
     @staticmethod
-    def _totals(model: nn.Module, prof) -> dict[str, float]:
+    def _totals(model: nn.Module, prof, score: float | None) -> dict[str, float]:
         store = model_storage(model)
-        return {"params": store["nonzero_params"], "macs": prof.total_macs, "size": store["size_bytes"]}
+        totals = {"params": store["nonzero_params"], "macs": prof.total_macs, "size": store["size_bytes"]}
+        if score is not None:
+            totals["score"] = score
+        return totals
+
+    def _model_score(self, model: nn.Module) -> float | None:
+        """The whole model's complexity score under the search's rules (score targets only)."""
+        if self.kind != "score":
+            return None
+        from factorch.complexity import score
+
+        return score(model, self.inputs, rules=self.rules).score
 
     # -- candidates -------------------------------------------------------------------------------------
     def _option_cost(self, lc: LayerChoices, method: str, ranks: tuple[int, ...]) -> Cost:
@@ -109,7 +123,9 @@ class AutoSearch:
         return cls.option_cost(spec_of(lc.layer), ranks, lc.input_size, **options).scaled_macs(lc.per_position)
 
     def _candidate(self, lc: LayerChoices, method: str, ranks: tuple[int, ...], cost: Cost, **kw) -> Candidate:
-        return Candidate(method, ranks, cost.nonzero_params, cost.macs, size=cost.size_bytes, **kw)
+        return Candidate(
+            method, ranks, cost.nonzero_params, cost.macs, size=cost.size_bytes, score=self.rules.of_cost(cost), **kw
+        )
 
     def _enumerate(self) -> None:
         cfg = self.cfg
@@ -131,8 +147,9 @@ class AutoSearch:
             input_size, per_position = layer_geometry(layer, shapes[name])
             dense = dense_layer_cost(layer, input_size, per_position)
             lc = LayerChoices(
-                name, layer, shapes[name], input_size, per_position, dense.nonzero_params, dense.macs, dense.size_bytes
-            )
+                name, layer, shapes[name], input_size, per_position, dense.nonzero_params, dense.macs, dense.size_bytes,
+                dense_score=self.rules.of_cost(dense),
+            )  # fmt: skip
             for method in cfg.methods:
                 try:
                     cls = layer_class(method, layer)
@@ -144,6 +161,8 @@ class AutoSearch:
                 self._problems[(name, method)] = (problem, options)
                 seen: dict[tuple[int, ...], Candidate] = {}
                 grid = cls.search_grid(problem, cfg.levels)  # a class's own discrete options (bit widths)
+                if self.kind == "score" and hasattr(cls, "score_grid"):  # e.g. activation bits too
+                    grid = cls.score_grid(problem, cfg.levels)
                 if grid is None:
                     grid = [
                         _round_ranks(selector(level)(problem), problem.max_ranks, cfg.round_to) for level in cfg.levels
@@ -152,7 +171,7 @@ class AutoSearch:
                     if ranks in seen:
                         continue
                     cost = self._option_cost(lc, method, ranks)
-                    if _cheaper(self.kind, cost, lc):
+                    if _cheaper(self.kind, cost, lc, self.rules.of_cost(cost)):
                         seen[ranks] = self._candidate(lc, method, ranks, cost)
                 if not seen:
                     lc.reasons.append(f"{method}: no option on the grid is cheaper than the dense layer")
@@ -192,8 +211,37 @@ class AutoSearch:
             return cache[key]
         cls = layer_class(c.method, lc.layer)
         built = cls.from_dense(lc.layer, c.ranks, input_size=lc.input_size, **opts).eval()
+        if getattr(built, "needs_activation_ranges", False):  # quantized inputs: ranges from this layer's inputs
+            from factorch.layers.quantized import calibrate_activations
+
+            calibrate_activations(built, self._layer_inputs(lc))
         _remember(key, built)
         return built
+
+    def _layer_inputs(self, lc: LayerChoices, samples: int = 256) -> Tensor:
+        """What ``lc``'s layer receives on the first ``samples`` calibration inputs (the dense model's)."""
+        seen: list[Tensor] = []
+
+        class _Seen(Exception):
+            pass
+
+        def grab(_module, args):
+            seen.append(args[0].detach())
+            raise _Seen
+
+        handle = lc.layer.register_forward_pre_hook(grab)
+        try:
+            with torch.no_grad():
+                for chunk in self.calib[:samples].split(128):
+                    try:
+                        self.model(chunk)
+                    except _Seen:
+                        pass
+        finally:
+            handle.remove()
+        if not seen:
+            raise ValueError(f"layer {lc.name!r} saw no calibration input")
+        return torch.cat(seen)
 
     def score(self) -> None:
         cfg = self.cfg
@@ -357,6 +405,8 @@ class AutoSearch:
         extra: list[tuple[Candidate, float]] = []
         for method in sorted({c.method for c in lc.candidates}):
             problem, _ = self._problems[(lc.name, method)]
+            if layer_class(method, lc.layer).search_grid(problem, self.cfg.levels) is not None:
+                continue  # a discrete grid (bit widths): nothing lies between its options
             scored = sorted((c for c in lc.candidates if c.method == method), key=lambda c: (c.macs, c.params))
             known = {c.ranks for c in scored}
             anchors = [(c, settled[c.key]) for c in scored]
@@ -374,7 +424,7 @@ class AutoSearch:
                         continue
                     known.add(ranks)
                     full = self._option_cost(lc, method, ranks)
-                    if not _cheaper(self.kind, full, lc):
+                    if not _cheaper(self.kind, full, lc, self.rules.of_cost(full)):
                         continue
                     ca, cb = _cost(self.kind, a), _cost(self.kind, b)
                     c = self._candidate(lc, method, ranks, full, measured=False)
@@ -489,9 +539,15 @@ class AutoSearch:
         floor = self.floor(total, fixed) * total
         weighted = damages if power == 1.0 else [[d**power for d in dmg] for dmg in damages]
         if budget < 0 or (picks := solve_mckp(costs, weighted, budget)) is None:
+            goal = (
+                f"score={fraction * total:.4g} ({self.rules.name})"
+                if self.kind == "score"
+                else f"{self.kind}={fraction:g}"
+            )
+            reach = f"score {floor:.4g}" if self.kind == "score" else f"{self.kind} x{floor / total:.3f}"
             raise ValueError(
-                f"target {self.kind}={fraction:g} is out of reach: the smallest candidates give "
-                f"{self.kind} x{floor / total:.3f} (add methods, lower levels, fold_bn=True or keep_edges=False)"
+                f"target {goal} is out of reach: the smallest candidates give {reach} (add methods, lower levels, "
+                "fold_bn=True or keep_edges=False)"
             )
         picks = _spend_leftover(picks, costs, weighted, budget)
         choice = {lc.name: options[g][picks[g]] for g, lc in enumerate(self.layers)}

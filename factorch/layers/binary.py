@@ -105,7 +105,12 @@ class BinaryLayer(MaskedDenseLayer, nn.Module):
         macs = meta_macs(dense, default_input_shape(spec, input_size), spec.torch_dtype)
         params = count_params(dense)
         return Cost(
-            params=params, nonzero_params=params, weight_bits=1, macs=macs, index_bits=biases * 31 + scales * 32
+            params=params,
+            nonzero_params=params,
+            weight_bits=1,
+            macs=macs,
+            index_bits=biases * 31 + scales * 32,
+            op_bits=1 if options.get("mode", "bwn") == "xnor" else 32,
         )
 
     @classmethod

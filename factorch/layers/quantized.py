@@ -221,6 +221,11 @@ class QuantizedLayer(MaskedDenseLayer, nn.Module):
     def operand_bits(self) -> tuple[float, float]:
         return float(self.weight_bits), float(self.act_bits)
 
+    @property
+    def needs_activation_ranges(self) -> bool:
+        """Its inputs are quantized and their range is not set yet (``calibrate_activations`` sets it)."""
+        return self.act_bits in INT_BITS and not bool(self.act_ready)
+
     # -- the protocol ------------------------------------------------------------------------------------
     @classmethod
     def check(cls, spec: Spec, options: dict) -> None:
@@ -237,6 +242,12 @@ class QuantizedLayer(MaskedDenseLayer, nn.Module):
         """Weight bit widths for ``AutoConfig`` (activations left in float32: a storage budget does not see
         them, and their ranges need calibration the search does not run)."""
         return [(bits, 32) for bits in (8, 6, 5, 4, 3, 2)]
+
+    @classmethod
+    def score_grid(cls, problem, levels) -> list[tuple[int, ...]]:
+        """Weight and activation bit widths for a complexity-score budget, which charges each MAC at its
+        widest operand: activations quantized too (the search calibrates their ranges on its inputs)."""
+        return [(8, 8), (6, 6), (4, 8), (4, 4), (3, 4), (2, 4), (2, 2), (8, 32), (4, 32), (2, 32)]
 
     @classmethod
     def worth_it(cls, before: Cost, after: Cost) -> str | None:
@@ -274,7 +285,7 @@ class QuantizedLayer(MaskedDenseLayer, nn.Module):
         if ab in INT_BITS:
             extra += 32 + ab
         return Cost(params=count_params(dense), nonzero_params=count_params(dense), weight_bits=wb, macs=macs,
-                    index_bits=extra)  # fmt: skip
+                    index_bits=extra, op_bits=max(wb, ab))  # fmt: skip
 
     @classmethod
     def resolve_ranks(cls, layer: nn.Module, rank, *, input_size=None, name: str = "", **options) -> tuple[int, ...]:

@@ -153,7 +153,11 @@ class SharedWeightLayer(MaskedDenseLayer, nn.Module):
 
     @classmethod
     def worth_it(cls, before: Cost, after: Cost) -> str | None:
-        return None if after.size_bits < before.size_bits else f"{after.weight_bits:g}-bit codes store no fewer bits"
+        """Smaller values, positions aside: the pruned positions are the same before and after (a pruned
+        layer handed over dense has lost its mask's price, which a very sparse layer's mask would exceed)."""
+        if after.size_bits - after.mask_bits < before.size_bits - before.mask_bits:
+            return None
+        return f"{after.weight_bits:g}-bit codes store no fewer bits"
 
     @classmethod
     def resolve_ranks(cls, layer: nn.Module, rank, *, input_size=None, name: str = "", **options) -> tuple[int, ...]:

@@ -72,3 +72,14 @@ def test_pruned_zeros_stay_zero_and_storage_counts_codes_mask_and_codebook(tmp_p
     torch.testing.assert_close(back(x), shared(x), rtol=0, atol=0)
     with pytest.raises(ValueError, match="KMeansConfig"):
         factorch.KMeansConfig(bits=9)
+
+
+def test_a_very_sparse_layer_is_still_shared():
+    # at 97 % sparsity the 1-bit mask outweighs the values; it is stored either way, so sharing still pays
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 10))
+    x = torch.randn(1, 400)
+    pruned, _ = factorch.compress(model, factorch.PruneConfig(sparsity=0.97), example_inputs=x, keep_edges=False)
+    shared, report = factorch.compress(pruned, factorch.KMeansConfig(bits=4), example_inputs=x, keep_edges=False)
+    assert [r.skipped for r in report.layers] == [None, None]
+    assert isinstance(shared[0], SharedWeightLayer) and int(shared[0].mask.sum()) == int(pruned[0].mask.sum())

@@ -1,6 +1,8 @@
 """factorch.score: the effdl and MicroNet complexity scores, pinned on the rules' own worked examples and on
 published networks (parameters and operations known)."""
 
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -129,3 +131,16 @@ def test_report_forms():
     d = s.to_dict()
     assert d["score"] == s.score and d["layers"][0]["params"] == 33
     assert "| total |" in s.to_markdown()
+
+
+def test_cli_scores_a_registry_model(capsys):
+    from factorch.cli import main
+
+    assert main(["score", "lenet5", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    model = factorch.models.create_model("lenet5")
+    expected = factorch.score(model, torch.zeros(1, 1, 28, 28), rules="effdl")
+    assert out["rules"]["name"] == "effdl" and out["score"] == pytest.approx(expected.score)
+    assert main(["score", "lenet5", "--rules", "micronet-cifar100", "--no-free-16bit", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["free_16bit"] is False and out["params"] == expected.total_params
