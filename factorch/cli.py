@@ -137,6 +137,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-free-16bit", dest="free_16bit", action="store_false")
     p.add_argument("--json", action="store_true", help="print the score as JSON")
 
+    p = sub.add_parser(
+        "challenge", help="lowest complexity score that keeps an accuracy floor: search, compress, distil, repeat"
+    )
+    p.add_argument("model", help="registry name, saved folder, checkpoint, or package.module:factory")
+    p.add_argument("--pretrained", action="store_true")
+    p.add_argument("--rules", default="effdl", choices=["effdl", "micronet-cifar100", "micronet-imagenet"])
+    p.add_argument("--min-accuracy", type=float, required=True, help="the floor, in %% on the validation split")
+    p.add_argument("--out", required=True, help="the run's folder (resumed when it holds one)")
+    p.add_argument("--methods", default=None, help="comma-separated methods (default: every searchable one)")
+    p.add_argument("--epochs", type=int, default=8, help="training epochs in all")
+    p.add_argument("--epochs-per-try", type=int, default=1)
+    p.add_argument("--val-size", type=int, default=5000, help="training images held out for the floor")
+    p.add_argument("--calib", type=int, default=512, help="calibration images per search")
+    p.add_argument("--first", type=float, default=0.1, help="first target, a fraction of the dense score")
+    p.add_argument("--step", type=float, default=0.4, help="each next target this much lower while the floor holds")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--input-shape", type=_parse_shape, default=(1, 1, 28, 28))
+    p.add_argument("--data-root", default=None)
+    _add_threads(p)
+
     p = sub.add_parser("compress", help="compress a model's layers (any method, or a budget) and report before/after")
     p.add_argument("model", help="registry name, saved folder, checkpoint, or package.module:factory")
     p.add_argument("--pretrained", action="store_true", help="start from the shipped Fashion-MNIST weights")
@@ -413,6 +433,25 @@ def cmd_profile(args: argparse.Namespace) -> int:
     report.print(console)
     if latency is not None:
         console.print(latency.to_markdown())
+    return 0
+
+
+def cmd_challenge(args: argparse.Namespace) -> int:
+    from factorch.challenge import challenge
+    from factorch.data import fashion_mnist
+    from factorch.resolve import load_model
+
+    model = load_model(args.model, pretrained=args.pretrained)
+    methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
+    result = challenge(
+        model, fashion_mnist("train", args.data_root), example_inputs=torch.zeros(*args.input_shape),
+        min_accuracy=args.min_accuracy, out_dir=args.out, rules=args.rules, methods=methods, epochs=args.epochs,
+        epochs_per_try=args.epochs_per_try, test_data=fashion_mnist("test", args.data_root), val_size=args.val_size,
+        val_data=fashion_mnist("train", args.data_root, augment=False),
+        calib_samples=args.calib, first=args.first, step=args.step, seed=args.seed,
+    )  # fmt: skip
+    console.print(result.to_markdown(), markup=False, highlight=False)
+    console.print(f"saved to {args.out} (final/, report.md, report.json, accuracy_vs_score.png, challenge.json)")
     return 0
 
 
@@ -800,6 +839,7 @@ COMMANDS = {
     "evaluate": cmd_evaluate,
     "profile": cmd_profile,
     "score": cmd_score,
+    "challenge": cmd_challenge,
     "compress": cmd_compress,
     "prune": cmd_prune,
     "quantize": cmd_quantize,

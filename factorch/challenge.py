@@ -1,0 +1,323 @@
+"""``challenge``: the lowest complexity score that keeps an accuracy floor, the whole pipeline in one call.
+
+Each try asks :class:`~factorch.auto.config.AutoConfig` for a model at most at a score target (every method
+the user allows: factorization ranks, sparsities, weight and activation bit widths), fine-tunes it by
+distillation from the original network (quantization-aware where layers are quantized: their straight-through
+estimators and learned step sizes train with it), and measures its accuracy on a validation split taken from
+the training set. The targets move geometrically: lower after a try that keeps the floor, back toward the
+last good one after a try that does not (bisection in log-score). The test set is used once, on the chosen
+model, at the end.
+
+Everything is written to ``out_dir`` as it happens (``challenge.json`` after every try, each try's model and
+fine-tuning checkpoints), so an interrupted run resumes where it stopped and ends with the same result as an
+uninterrupted one with the same seed.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset, Subset
+
+from factorch.api import compress
+from factorch.auto.config import AutoConfig
+from factorch.complexity import resolve_rules, score
+from factorch.io import load, save
+from factorch.progress import progress_bar
+from factorch.registry import list_methods
+from factorch.train import evaluate, finetune
+
+STATE_FILE = "challenge.json"
+STATE_VERSION = 1
+
+
+@dataclass
+class Try:
+    """One point of the search: the score asked for, and what the built, fine-tuned model reached."""
+
+    target: float
+    status: str  # "done" | "unreachable"
+    score: float | None = None
+    val_accuracy: float | None = None
+    epochs: int = 0
+    folder: str | None = None
+    note: str = ""
+
+
+@dataclass
+class ChallengeResult:
+    """The outcome: every try, the chosen model (lowest score keeping the floor on validation data) and its
+    test accuracy (measured once, at the end)."""
+
+    rules: str
+    min_accuracy: float
+    dense_score: float
+    dense_val_accuracy: float
+    tries: list[Try]
+    best: int | None  # index into tries; None: no try kept the floor (the dense model is the answer)
+    model: nn.Module = field(repr=False)
+    test_accuracy: float | None = None
+    dense_test_accuracy: float | None = None
+
+    @property
+    def score(self) -> float:
+        return self.dense_score if self.best is None else float(self.tries[self.best].score)
+
+    def to_dict(self) -> dict:
+        return {
+            "rules": self.rules,
+            "min_accuracy": self.min_accuracy,
+            "dense_score": self.dense_score,
+            "dense_val_accuracy": self.dense_val_accuracy,
+            "dense_test_accuracy": self.dense_test_accuracy,
+            "best": self.best,
+            "score": self.score,
+            "test_accuracy": self.test_accuracy,
+            "tries": [asdict(t) for t in self.tries],
+        }
+
+    def to_markdown(self) -> str:
+        lines = [
+            f"# challenge: lowest {self.rules} score at >= {self.min_accuracy:g} % (validation)",
+            "",
+            f"dense: score {self.dense_score:.5g}, validation {self.dense_val_accuracy:.2f} %"
+            + (f", test {self.dense_test_accuracy:.2f} %" if self.dense_test_accuracy is not None else ""),
+            "",
+            "| try | target | score | validation % | epochs | kept | note |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for i, t in enumerate(self.tries):
+            kept = "best" if i == self.best else ("yes" if _passes(t, self.min_accuracy) else "no")
+            score_text = "-" if t.score is None else f"{t.score:.5g}"
+            acc = "-" if t.val_accuracy is None else f"{t.val_accuracy:.2f}"
+            lines.append(f"| {i} | {t.target:.5g} | {score_text} | {acc} | {t.epochs} | {kept} | {t.note} |")
+        lines += ["", f"chosen: score {self.score:.5g}"]
+        if self.test_accuracy is not None:
+            lines[-1] += f", test accuracy {self.test_accuracy:.2f} % (measured once, at the end)"
+        return "\n".join(lines) + "\n"
+
+
+def _passes(t: Try, floor: float) -> bool:
+    return t.status == "done" and t.val_accuracy is not None and t.val_accuracy >= floor
+
+
+def validation_split(
+    dataset: Dataset, size: int, seed: int, plain: Dataset | None = None
+) -> tuple[Subset, Subset, list[int]]:
+    """``(train, validation, train indices)``: a seeded random ``size`` of ``dataset`` held out for the floor,
+    read from ``plain`` (the same items without augmentation) when given."""
+    n = len(dataset)
+    if not 0 < size < n:
+        raise ValueError(f"val_size must be between 1 and {n - 1} (the training set has {n} items), got {size}")
+    if plain is not None and len(plain) != n:
+        raise ValueError(f"val_data must hold the same {n} items as train_data (unaugmented), got {len(plain)}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    return Subset(dataset, order[size:]), Subset(plain if plain is not None else dataset, order[:size]), order[size:]
+
+
+def next_target(tries: Sequence[Try], floor: float, dense_score: float, first: float, step: float) -> float:
+    """The score to try next, from the tries so far: ``first`` of the dense score at the start; after a try
+    that keeps the floor, ``step`` times lower until one fails; then the geometric middle of the lowest target
+    that kept the floor and the highest that did not (an unreachable target counts as not kept)."""
+    good = [t.target for t in tries if _passes(t, floor)]
+    bad = [t.target for t in tries if not _passes(t, floor)]
+    hi = min(good) if good else dense_score
+    below = [b for b in bad if b < hi]
+    if not tries:
+        return first * dense_score
+    if not below:
+        return hi * step
+    return math.sqrt(hi * max(below))
+
+
+def _write_state(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def challenge(
+    model: nn.Module,
+    train_data: Dataset,
+    *,
+    example_inputs: Tensor,
+    min_accuracy: float,
+    out_dir: str | Path,
+    rules: str = "effdl",
+    methods: Sequence[str] | None = None,
+    epochs: int = 8,
+    epochs_per_try: int = 1,
+    test_data: Dataset | None = None,
+    val_data: Dataset | None = None,
+    val_size: int = 5000,
+    calib_samples: int = 512,
+    first: float = 0.1,
+    step: float = 0.4,
+    seed: int = 0,
+    resume: bool = True,
+    show_progress: bool = True,
+    auto_options: dict[str, Any] | None = None,
+) -> ChallengeResult:
+    """Search the lowest ``rules`` score at which the compressed, fine-tuned ``model`` keeps ``min_accuracy``.
+
+    Args:
+        model: the trained network (left untouched); the teacher of every fine-tuning.
+        train_data: labelled training set; ``val_size`` items of it (seeded) are held out for the floor, and
+            ``calib_samples`` of the rest calibrate each try (no labels).
+        example_inputs: one batch of inputs (shapes for the search and the score).
+        min_accuracy: the floor, in % on the validation split.
+        out_dir: the run's folder (state, each try, the final model, report, plot).
+        rules: score rules, see :func:`factorch.score`.
+        methods: the methods the search may use per layer (default: every searchable registered method).
+        epochs: training epochs in all (the tries share them).
+        epochs_per_try: distillation epochs of each try.
+        test_data: evaluated once, on the chosen model and the dense one, at the end.
+        val_data: the items of ``train_data`` without augmentation (same order), to validate and calibrate on.
+        val_size: validation items held out of ``train_data``.
+        calib_samples: calibration inputs for each search.
+        first: the first target, as a fraction of the dense model's score.
+        step: how much lower each next target is while tries keep the floor.
+        seed: seeds the split, the calibration subset and every fine-tuning.
+        resume: continue the run in ``out_dir`` (an interrupted try resumes from its last checkpoint).
+        show_progress: progress bars.
+        auto_options: extra :class:`AutoConfig` fields (e.g. ``{"calib_samples": 256, "polish": 50}``).
+
+    Returns:
+        A :class:`ChallengeResult` (also written as ``report.md`` / ``report.json``, the chosen model as
+        ``final/``, the tries as ``accuracy_vs_score.png``).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    rules_obj = resolve_rules(rules)
+    methods = tuple(methods) if methods is not None else tuple(list_methods(searchable=True))
+    for name, value in (("epochs", epochs), ("epochs_per_try", epochs_per_try)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"challenge({name}=...) must be an int >= 1, got {value!r}")
+    if epochs_per_try > epochs:
+        raise ValueError(f"epochs_per_try ({epochs_per_try}) exceeds the epochs budget ({epochs})")
+    if not 0 < first < 1 or not 0 < step < 1:
+        raise ValueError(f"first and step must be fractions in (0, 1), got {first} and {step}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {
+        "version": STATE_VERSION,
+        "rules": rules_obj.name,
+        "min_accuracy": float(min_accuracy),
+        "methods": list(methods),
+        "epochs": epochs,
+        "epochs_per_try": epochs_per_try,
+        "val_size": val_size,
+        "calib_samples": calib_samples,
+        "first": first,
+        "step": step,
+        "seed": seed,
+        "auto_options": auto_options or {},
+    }
+    state_path = out / STATE_FILE
+    state = {"settings": settings, "tries": []}
+    if state_path.is_file():
+        if not resume:
+            raise FileExistsError(f"{out} already holds a challenge run; pass resume=True or another out_dir")
+        state = json.loads(state_path.read_text())
+        if state.get("settings") != settings:
+            raise ValueError(
+                f"{state_path} is a run with other settings ({state.get('settings')}); use another out_dir"
+            )
+    dense = copy.deepcopy(model).eval()
+    train, val, train_items = validation_split(train_data, val_size, seed, val_data)
+    gen = torch.Generator().manual_seed(seed)
+    source = val_data if val_data is not None else train_data
+    picks = torch.randperm(len(train_items), generator=gen)[:calib_samples].tolist()
+    calib = torch.stack([source[train_items[i]][0] for i in picks])
+    inputs = example_inputs[:1]
+    dense_score = score(dense, inputs, rules=rules_obj).score
+    dense_val = float(evaluate(dense, val, show_progress=False)["accuracy"])
+    tries = [Try(**t) for t in state["tries"]]
+    n_tries = epochs // epochs_per_try
+    with progress_bar("challenge tries", n_tries, enabled=show_progress) as advance:
+        advance(len(tries))
+        while len(tries) < n_tries:
+            target = next_target(tries, min_accuracy, dense_score, first, step)
+            tries.append(_one_try(dense, train, val, calib, inputs, target, len(tries), out, settings, rules_obj,
+                                  show_progress))  # fmt: skip
+            state["tries"] = [asdict(t) for t in tries]
+            _write_state(state_path, state)
+            advance()
+    kept = [i for i, t in enumerate(tries) if _passes(t, min_accuracy)]
+    best = min(kept, key=lambda i: (tries[i].score, -tries[i].val_accuracy)) if kept else None
+    chosen = dense if best is None else load(out / tries[best].folder, base_model=copy.deepcopy(model))
+    result = ChallengeResult(rules_obj.name, float(min_accuracy), dense_score, dense_val, tries, best, chosen)
+    if test_data is not None:
+        result.test_accuracy = float(evaluate(chosen, test_data, show_progress=False)["accuracy"])
+        result.dense_test_accuracy = float(evaluate(dense, test_data, show_progress=False)["accuracy"])
+    save(chosen, out / "final")
+    (out / "report.md").write_text(result.to_markdown())
+    (out / "report.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    plot_accuracy_vs_score(result, out / "accuracy_vs_score.png")
+    return result
+
+
+def _one_try(dense, train, val, calib, inputs, target, index, out, settings, rules, show_progress) -> Try:
+    folder = f"try-{index}"
+    options = {"calib_samples": settings["calib_samples"], "progress": show_progress, **settings["auto_options"]}
+    cfg = AutoConfig(f"score={target:.6g}", rules=rules, methods=settings["methods"], **options)
+    try:
+        small, _ = compress(dense, cfg, example_inputs=inputs, calib_data=calib)
+    except ValueError as err:
+        if "out of reach" not in str(err):
+            raise
+        return Try(target, "unreachable", note=str(err).split(" (")[0])
+    small = finetune(small, train, teacher=dense, epochs=settings["epochs_per_try"], seed=settings["seed"],
+                     out_dir=out / folder / "finetune", resume=True, show_progress=show_progress)  # fmt: skip
+    save(small, out / folder / "model")
+    achieved = score(small, inputs, rules=rules).score
+    accuracy = float(evaluate(small, val, show_progress=False)["accuracy"])
+    return Try(target, "done", achieved, accuracy, settings["epochs_per_try"], f"{folder}/model")
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The ``(score, accuracy)`` points no other point beats in both (lower score, higher accuracy), by score."""
+    front, best = [], -math.inf
+    for s, a in sorted(points, key=lambda p: (p[0], -p[1])):
+        if a > best:
+            front.append((s, a))
+            best = a
+    return front
+
+
+def plot_accuracy_vs_score(result: ChallengeResult, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [(t.score, t.val_accuracy) for t in result.tries if t.status == "done"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    if done:
+        ax.scatter(*zip(*done), color="tab:blue", label="tries (validation)", zorder=3)
+        front = pareto_front(done + [(result.dense_score, result.dense_val_accuracy)])
+        ax.plot(*zip(*front), color="tab:blue", alpha=0.5, label="Pareto front")
+    ax.scatter([result.dense_score], [result.dense_val_accuracy], color="black", marker="s", label="dense")
+    if result.best is not None:
+        t = result.tries[result.best]
+        ax.scatter([t.score], [t.val_accuracy], color="tab:red", marker="*", s=160, label="chosen", zorder=4)
+    ax.axhline(result.min_accuracy, color="tab:red", linestyle="--", label=f"floor {result.min_accuracy:g} %")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"{result.rules} score (log)")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)

@@ -1,0 +1,85 @@
+"""factorch.challenge: the lowest score that keeps the accuracy floor, resumable to the same result."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+import factorch
+from factorch import challenge as challenge_module
+from factorch.challenge import Try, challenge, next_target, pareto_front
+
+
+def teacher():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10),
+    ).eval()  # fmt: skip
+
+
+def data(n=400):
+    """Inputs labelled by the teacher itself: the dense model is 100 % right."""
+    x = torch.randn(n, 1, 12, 12, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        y = teacher()(x).argmax(1)
+    return TensorDataset(x, y)
+
+
+def run(out, **kw):
+    return challenge(
+        teacher(), data(), example_inputs=torch.zeros(1, 1, 12, 12), min_accuracy=60.0, out_dir=out,
+        methods=["tucker2", "prune", "quant"], epochs=3, val_size=100, calib_samples=64, show_progress=False,
+        auto_options={"calib_samples": 64, "polish": 10, "refine": 0, "cache": False, "keep_edges": False}, **kw,
+    )  # fmt: skip
+
+
+def test_targets_go_down_while_the_floor_holds_then_bisect():
+    ok = Try(0.1, "done", 0.09, 95.0)
+    assert next_target([], 93.0, 1.0, 0.1, 0.4) == pytest.approx(0.1)
+    assert next_target([ok], 93.0, 1.0, 0.1, 0.4) == pytest.approx(0.04)
+    bad = Try(0.04, "done", 0.039, 90.0)
+    assert next_target([ok, bad], 93.0, 1.0, 0.1, 0.4) == pytest.approx((0.1 * 0.04) ** 0.5)
+    unreachable = Try(0.1, "unreachable")  # counts as not kept: back toward the dense score
+    assert next_target([unreachable], 93.0, 1.0, 0.1, 0.4) == pytest.approx(0.1**0.5)
+    assert pareto_front([(1, 90), (2, 95), (0.5, 80), (3, 94)]) == [(0.5, 80), (1, 90), (2, 95)]
+
+
+def test_challenge_writes_the_run_and_resumes_to_the_same_result(tmp_path, monkeypatch):
+    whole = run(tmp_path / "whole", test_data=data(200))
+    assert len(whole.tries) == 3
+    assert whole.best is not None and whole.tries[whole.best].val_accuracy >= 60.0
+    assert whole.score < whole.dense_score and whole.score == min(
+        t.score for t in whole.tries if t.status == "done" and t.val_accuracy >= 60.0
+    )
+    for name in ("challenge.json", "report.md", "report.json", "accuracy_vs_score.png", "final/plan.json"):
+        assert (tmp_path / "whole" / name).is_file()
+    x = torch.randn(5, 1, 12, 12)
+    back = factorch.load(tmp_path / "whole" / "final", base_model=teacher())
+    torch.testing.assert_close(back(x), whole.model(x), rtol=0, atol=0)
+    assert factorch.score(back, x[:1]).score == pytest.approx(whole.score)
+    assert json.loads((tmp_path / "whole" / "report.json").read_text())["test_accuracy"] == whole.test_accuracy
+
+    real = challenge_module.finetune
+    calls = {"n": 0}
+
+    def interrupted(*args, **kwargs):  # the second try stops in the middle of its epoch's checkpointing
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(challenge_module, "finetune", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "cut", test_data=data(200))
+    assert len(json.loads((tmp_path / "cut" / "challenge.json").read_text())["tries"]) < len(whole.tries)
+    monkeypatch.setattr(challenge_module, "finetune", real)
+    resumed = run(tmp_path / "cut", test_data=data(200))
+    assert [(t.target, t.score, t.val_accuracy) for t in resumed.tries] == [
+        (t.target, t.score, t.val_accuracy) for t in whole.tries
+    ]
+    torch.testing.assert_close(resumed.model(x), whole.model(x), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="other settings"):
+        run(tmp_path / "cut", seed=1)
