@@ -36,3 +36,10 @@ def test_unknown_kinds_and_unmeasured_latency_are_errors():
     with pytest.raises(ValueError, match="choose from macs, params, size, latency"):
         Cost.dense(1, 1).of("flops")
     assert Cost.dense(4, 8).scaled_macs(3).macs == 24
+
+
+def test_op_bits_add_up_weighted_by_macs():
+    a = Cost(params=10, nonzero_params=10, macs=100, op_bits=8)
+    b = Cost(params=10, nonzero_params=10, macs=300, op_bits=32)
+    assert (a + b).op_bits == 26  # (100 * 8 + 300 * 32) / 400
+    assert Cost.dense(10, 0).op_bits == 32 and (a + b).to_dict()["op_bits"] == 26
