@@ -137,6 +137,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-free-16bit", dest="free_16bit", action="store_false")
     p.add_argument("--json", action="store_true", help="print the score as JSON")
 
+    p = sub.add_parser("benchmark", help="latency per runtime: a model, or a compressed model against its original")
+    p.add_argument("model", help="registry name, saved folder (compressed: timed against its base model), checkpoint")
+    p.add_argument("--pretrained", action="store_true")
+    p.add_argument("--against", default=None, help="the dense model to compare with (default: a compressed "
+                   "folder's base model; none for a plain model)")  # fmt: skip
+    p.add_argument("--runtimes", default="torch,onnxruntime", help="comma-separated: torch, onnxruntime, compile")
+    p.add_argument("--batch-sizes", default="1,64")
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--input-shape", type=_parse_shape, default=(1, 1, 28, 28))
+    p.add_argument("--json", action="store_true")
+    _add_threads(p)
+
     p = sub.add_parser(
         "challenge", help="lowest complexity score that keeps an accuracy floor: search, compress, distil, repeat"
     )
@@ -433,6 +445,32 @@ def cmd_profile(args: argparse.Namespace) -> int:
     report.print(console)
     if latency is not None:
         console.print(latency.to_markdown())
+    return 0
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from factorch.benchmark import benchmark_runtimes
+    from factorch.resolve import load_model
+
+    model = load_model(args.model, pretrained=args.pretrained)
+    dense, compressed = model, None
+    if args.against:
+        dense, compressed = load_model(args.against, pretrained=True), model
+    elif (Path(args.model) / "plan.json").is_file():
+        plan = json.loads((Path(args.model) / "plan.json").read_text())
+        if not plan.get("base"):
+            raise ValueError(f"{args.model} was made from a model outside the registry: pass --against DENSE")
+        from factorch.models._resolve import build_from_spec
+
+        dense, compressed = build_from_spec(plan["base"], args.model).eval(), model
+    sizes = tuple(int(b) for b in args.batch_sizes.split(","))
+    runtimes = tuple(r.strip() for r in args.runtimes.split(","))
+    result = benchmark_runtimes(dense, compressed, torch.zeros(*args.input_shape), runtimes=runtimes,
+                                batch_sizes=sizes, repeats=args.repeats, threads=args.threads)  # fmt: skip
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        console.print(result.to_markdown(), markup=False, highlight=False)
     return 0
 
 
@@ -840,6 +878,7 @@ COMMANDS = {
     "profile": cmd_profile,
     "score": cmd_score,
     "challenge": cmd_challenge,
+    "benchmark": cmd_benchmark,
     "compress": cmd_compress,
     "prune": cmd_prune,
     "quantize": cmd_quantize,
