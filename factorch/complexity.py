@@ -256,9 +256,7 @@ class _Counter(TorchDispatchMode):
         self.batch = batch
         self.stack: list[tuple[str, nn.Module]] = [("", model)]
         self.rows: dict[str, LayerScore] = {}
-        self.weights: dict[int, tuple[str, Tensor]] = {}
-        for name, p in model.named_parameters():
-            self.weights.setdefault(p.data_ptr(), (name, p))
+        self.weights = {p.data_ptr() for p in model.parameters()}
         # parameters and buffers: an operation on these alone prepares weights (torch.nn.utils.prune's
         # weight_orig * weight_mask), it is not part of inference
         self.state = {t.data_ptr() for t in (*model.parameters(), *model.buffers())}
@@ -322,15 +320,12 @@ class _Counter(TorchDispatchMode):
             row._op_parts.append((adds / self.batch, bits, "add"))
 
     def _elementwise(self, out: Tensor, args: tuple, mults: int, adds: int) -> None:
+        """``mults`` and ``adds`` per output element, at the widest tensor input's bits."""
         if not isinstance(out, Tensor):
             return
-        bits = max((_bits(a) for a in args if isinstance(a, Tensor)), default=32)
-        row = self.row()
-        n = out.numel() / self.batch
-        if mults:
-            row._op_parts.append((mults * n, bits, "mul"))
-        if adds:
-            row._op_parts.append((adds * n, bits, "add"))
+        tensors = [a for a in args if isinstance(a, Tensor)]
+        widest = max(tensors, key=_bits) if tensors else out
+        self._count(widest, mults=mults * out.numel(), adds=adds * out.numel())
 
     def _param(self, row: LayerScore, tensor: Tensor | None, bits: float, sparse: bool = True) -> None:
         """Charge a parameter tensor once (shared weights count once); ``sparse=False``: stored whole (a
