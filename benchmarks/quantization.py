@@ -16,7 +16,8 @@ at the end of each row:
   dense eager float32 model, medians of paired, alternated calls in ``--latency-runs`` fresh processes (the
   median ratio and its spread over the runs); accuracy of each int8 model as run by ONNX Runtime.
 * ``qat``: 4-bit weights and activations (LSQ step sizes from ``--qat-observer`` ranges), ``--qat-epochs``
-  epochs of distillation from the float model (SGD + cosine from lr 0.01, augmented training set).
+  epochs of distillation from the float model (SGD + cosine from ``--qat-lr``, augmented training set);
+  ``--qat-edge-bits 8`` keeps the first conv and the classifier at 8 bits, as LSQ and PACT report W4A4.
 * ``binary``: BinaryConnect, BWN and XNOR-Net weights, ``--binary-epochs`` epochs of distillation.
 * ``peers``: ``torch.ao.quantization`` and torchao where they run here (the row says why not); ONNX
   Runtime's ``quantize_static`` is timed in the ``onnx`` rows, beside factorch's export.
@@ -48,6 +49,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import factorch
+from factorch.apply import edge_layers
 from factorch.data import calibration_subset, fashion_mnist
 from factorch.profiling.onnx import ort_session
 from factorch.train import evaluate
@@ -115,6 +117,9 @@ def main() -> None:
     parser.add_argument("--force", action="store_true")
     parser.add_argument("--qat-epochs", type=int, default=3)
     parser.add_argument("--qat-observer", default="minmax", help="initial weight and activation ranges of W4A4")
+    parser.add_argument("--qat-lr", type=float, default=0.01, help="initial learning rate of the W4A4 distillation")
+    parser.add_argument("--qat-edge-bits", type=int, default=4,
+                        help="bits of the first conv and the classifier (8: as LSQ and PACT report W4A4)")
     parser.add_argument("--binary-epochs", type=int, default=5)
     parser.add_argument("--binary-modes", default="bwn,xnor,binaryconnect")
     parser.add_argument("--fact-epochs", type=int, default=1, help="distillation epochs of the factorized model")
@@ -147,9 +152,22 @@ def main() -> None:
                 plan.append((f"int8 PTQ factorch ({observer})", lambda o=observer: ptq(dense, calib, o, acc)))
         if "qat" in rows:
             cfg = factorch.QuantConfig(weight_bits=4, act_bits=4, observer=args.qat_observer)
-            tag = "" if args.qat_observer == "minmax" else f" ({args.qat_observer} ranges)"
-            plan.append((f"W4A4 QAT + distillation{tag}", lambda c=cfg: trained(
-                dense, c, calib, train, args.qat_epochs, acc, f"{name}-w4a4-{args.qat_observer}")))  # fmt: skip
+            tags, key = [], f"{name}-w4a4-{args.qat_observer}"
+            if args.qat_observer != "minmax":
+                tags.append(f"{args.qat_observer} ranges")
+            if args.qat_lr != 0.01:
+                tags.append(f"lr {args.qat_lr:g}")
+                key += f"-lr{args.qat_lr:g}"
+            if args.qat_edge_bits != 4:  # the first conv and the classifier named exactly, at their own bits
+                edge = factorch.QuantConfig(weight_bits=args.qat_edge_bits, act_bits=args.qat_edge_bits,
+                                            observer=args.qat_observer)  # fmt: skip
+                names = [n for n, m in dense.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+                cfg = factorch.Plan({"_default": cfg, **{n: edge for n in edge_layers(names, dense)}})
+                tags.append(f"first and last layer {args.qat_edge_bits}-bit")
+                key += f"-edges{args.qat_edge_bits}"
+            tag = f" ({', '.join(tags)})" if tags else ""
+            plan.append((f"W4A4 QAT + distillation{tag}", lambda c=cfg, k=key: trained(
+                dense, c, calib, train, args.qat_epochs, acc, k, lr=args.qat_lr)))  # fmt: skip
         if "binary" in rows:
             for mode in args.binary_modes.split(","):
                 cfg = factorch.BinaryConfig(mode=mode)
@@ -196,10 +214,10 @@ def ptq(dense: nn.Module, calib, observer: str, acc) -> dict:
     return {"accuracy": acc(q), "size_ratio": t["size_ratio"], "bits_per_weight": t["bits_per_weight"]}
 
 
-def trained(dense: nn.Module, cfg, calib, train, epochs: int, acc, key: str) -> dict:
+def trained(dense: nn.Module, cfg, calib, train, epochs: int, acc, key: str, lr: float = 0.01) -> dict:
     q, report = factorch.compress(dense, cfg, example_inputs=X, calib_data=calib)
     q = factorch.finetune(q, train, teacher=dense, epochs=epochs, out_dir=Path("runs") / "bench-quant" / key,
-                          resume=True, inplace=True)  # fmt: skip
+                          resume=True, inplace=True, lr=lr)  # fmt: skip
     return {"accuracy": acc(q), "size_ratio": report.totals["size_ratio"], "epochs": epochs,
             "bits_per_weight": report.totals["bits_per_weight"]}  # fmt: skip
 

@@ -90,3 +90,33 @@ def test_cli_quantize_and_export(tmp_path):
                  str(tmp_path / "k")]) == 0  # fmt: skip
     assert main(["quantize", "lenet5", "--weight-bits", "1", "--no-eval", "--out", str(tmp_path / "bad")]) == 2
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("method,rank", [("tucker2", 0.3), ("spatial-svd", 0.3), ("svd", 0.25)])
+def test_padded_factor_chains_compute_the_same_and_meet_the_fast_int8_rule(method, rank):
+    from factorch.config import config_for_method
+    from factorch.export import FAST_INT8_MIN_OUT, FAST_INT8_MULTIPLE, fast_int8_channels, pad_chain_channels
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 24, 3, padding=1)).eval()
+    cfg = config_for_method(method, rank=rank)
+    compressed, _ = factorch.compress(model, factorch.Plan({"0": cfg, "2": cfg}), example_inputs=torch.zeros(1, 16, 8, 8))
+    inner = [c.out_channels for layer in compressed if isinstance(layer, factorch.layers.FactorizedLayer)
+             for c in list(layer.children())[:-1]]  # fmt: skip
+    assert inner and any(c < FAST_INT8_MIN_OUT or c % FAST_INT8_MULTIPLE for c in inner)
+    padded = pad_chain_channels(compressed)
+    expected = [fast_int8_channels(c) if fast_int8_channels(c) <= 2 * c else c for c in inner]  # growth <= 2x
+    assert padded == sum(e != c for e, c in zip(expected, inner, strict=True)) > 0
+    after = [c.out_channels for layer in compressed if isinstance(layer, factorch.layers.FactorizedLayer)
+             for c in list(layer.children())[:-1]]  # fmt: skip
+    assert after == expected
+    assert all(c >= FAST_INT8_MIN_OUT and c % FAST_INT8_MULTIPLE == 0 for c, e in zip(after, inner) if c != e)
+    x = torch.randn(4, 16, 8, 8)
+    ref, _ = factorch.compress(model, factorch.Plan({"0": cfg, "2": cfg}), example_inputs=torch.zeros(1, 16, 8, 8))
+    torch.testing.assert_close(compressed(x), ref(x), rtol=0, atol=1e-6)
+
+
+def test_fast_int8_channels():
+    from factorch.export import fast_int8_channels
+
+    assert [fast_int8_channels(c) for c in (1, 8, 15, 16, 17, 20, 21, 64)] == [16, 16, 16, 16, 20, 20, 24, 64]
