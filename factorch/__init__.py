@@ -5,6 +5,7 @@ from factorch import decompose as decompose
 from factorch import layers as layers
 from factorch import methods as methods  # registers the built-in methods
 from factorch import models as models
+from factorch import nn as nn
 from factorch import prune as prune
 from factorch import rank as rank
 from factorch.api import compress as compress

@@ -167,8 +167,8 @@ class ResNeXtBlock(nn.Module):
 
 class AsymmetricConv(nn.Module):
     """An ``n x 1`` conv to ``mid_channels`` then a ``1 x n`` conv to ``out_channels`` (Inception v3's
-    factorization of an ``n x n`` conv; with ``norm=False, activation=None`` the pair is exactly a rank-
-    ``mid_channels`` spatial factorization of one ``n x n`` conv).
+    factorization of an ``n x n`` conv; with ``norm=False, activation=None`` and the first conv's bias at zero,
+    the pair is exactly one ``n x n`` conv whose kernel slices have rank ``mid_channels``).
 
     Args:
         kernel_size: ``n``.

@@ -115,7 +115,9 @@ def train(
     ``out_dir/checkpoint.pt`` after every epoch.
 
     The data order and the dataset's augmentation (via ``set_epoch``) are seeded per epoch, so a run
-    interrupted and resumed with ``resume=True`` continues exactly where the checkpoint left it.
+    interrupted and resumed with ``resume=True`` continues exactly where the checkpoint left it. Modules with
+    a ``set_training_progress(fraction)`` method (e.g. ``factorch.nn.ShiftAttentionConv2d``'s schedule) are
+    called with the fraction of training done before every step, and with ``epoch / epochs`` after each epoch.
 
     Args:
         model: the network, trained in place.
@@ -158,6 +160,8 @@ def train(
         optimizer.load_state_dict(ckpt["optimizer"])
         start_epoch, elapsed = int(ckpt["epoch"]), float(ckpt["wall_time_s"])
         result.history = json.loads(ckpt["history"])
+    # layers with a training schedule (e.g. ShiftAttentionConv2d) are told the fraction of training done
+    scheduled = [m for m in model.modules() if callable(getattr(m, "set_training_progress", None))]
     for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()
         if hasattr(train_data, "set_epoch"):
@@ -172,6 +176,8 @@ def train(
                 lr = _lr_at(epoch * steps_per_epoch + i, total_steps, warmup, config.lr)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
+                for m in scheduled:
+                    m.set_training_progress((epoch * steps_per_epoch + i) / total_steps)
                 out = model(x)
                 if loss_fn is None:
                     loss = F.cross_entropy(out, y, label_smoothing=config.label_smoothing)
@@ -184,6 +190,8 @@ def train(
                 correct += (out.argmax(1) == y).sum().item()
                 seen += len(y)
                 advance()
+        for m in scheduled:
+            m.set_training_progress((epoch + 1) / config.epochs)
         metrics = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_accuracy": 100.0 * correct / seen}
         if test_data is not None:
             ev = evaluate(model, test_data, show_progress=False)
