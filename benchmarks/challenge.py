@@ -26,11 +26,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import time
 from pathlib import Path
 
 import torch
+from _common import commit
 
 import factorch
 from factorch.challenge import challenge, pareto_front, validation_split
@@ -46,12 +46,6 @@ FAMILIES = {
     "combined": ["tucker2", "cp", "svd", "spatial-svd", "prune", "quant"],
 }
 FLOORS = {"resnet20": 93.0, "vgg": 93.0}
-
-
-def commit() -> str:
-    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "factorch"], capture_output=True, text=True).stdout
-    return sha + ("+dirty" if dirty.strip() else "")
 
 
 def main() -> None:

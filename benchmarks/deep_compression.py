@@ -21,11 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import tempfile
 from pathlib import Path
 
 import torch
+from _common import commit
 
 import factorch
 from factorch.data import fashion_mnist
@@ -33,12 +33,6 @@ from factorch.train import evaluate
 
 RESULTS = Path(__file__).resolve().parent / "results"
 X = torch.zeros(1, 1, 28, 28)
-
-
-def commit() -> str:
-    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "factorch"], capture_output=True, text=True).stdout
-    return sha + ("+dirty" if dirty.strip() else "")
 
 
 def stored_bytes(model, pack: bool = False) -> int:

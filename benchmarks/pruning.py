@@ -37,12 +37,12 @@ import argparse
 import copy
 import json
 import platform
-import subprocess
 import time
 import traceback
 from pathlib import Path
 
 import torch
+from _common import commit
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -57,12 +57,6 @@ RUNS = Path("runs") / "bench-pruning"
 X = torch.zeros(1, 1, 28, 28)
 NAME = "pruning"
 SPARSITY = {"vgg": 0.9, "resnet20": 0.7, "lenet5": 0.9}
-
-
-def commit() -> str:
-    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "factorch"], capture_output=True, text=True).stdout
-    return sha + ("+dirty" if dirty.strip() else "")
 
 
 def edges(model: nn.Module) -> set[str]:

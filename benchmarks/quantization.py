@@ -12,9 +12,10 @@ at the end of each row:
   Runtime's own ``quantize_static`` with its default settings on the plain exported model (what its docs
   show), and factorch's int8 export of the model factorized to ``macs=0.33`` (AutoConfig over Tucker-2, and
   over Tucker-2 and spatial SVD with ranks in multiples of 4: ONNX Runtime's fast int8 convolution needs input
-  channels in multiples of 4 and at least 16 output channels; ``--fact-epochs`` epochs of distillation); latency at batch 1 and 64 against the float32 ONNX model and the
-  dense eager float32 model, medians of paired, alternated calls in ``--latency-runs`` fresh processes (the
-  median ratio and its spread over the runs); accuracy of each int8 model as run by ONNX Runtime.
+  channels in multiples of 4 and at least 16 output channels; ``--fact-epochs`` epochs of distillation);
+  latency at batch 1 and 64 against the float32 ONNX model and the dense eager float32 model, medians of
+  paired, alternated calls in ``--latency-runs`` fresh processes (the median ratio and its spread over the runs);
+  accuracy of each int8 model as run by ONNX Runtime.
 * ``qat``: 4-bit weights and activations (LSQ step sizes from ``--qat-observer`` ranges), ``--qat-epochs``
   epochs of distillation from the float model (SGD + cosine from ``--qat-lr``, augmented training set);
   ``--qat-edge-bits 8`` keeps the first conv and the classifier at 8 bits, as LSQ and PACT report W4A4.
@@ -37,7 +38,6 @@ import json
 import multiprocessing
 import platform
 import statistics
-import subprocess
 import tempfile
 import time
 import traceback
@@ -45,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import commit
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -55,13 +56,8 @@ from factorch.profiling.onnx import ort_session
 from factorch.train import evaluate
 
 RESULTS = Path(__file__).resolve().parent / "results"
+RUNS = Path("runs") / "bench-quant"
 X = torch.zeros(1, 1, 28, 28)
-
-
-def commit() -> str:
-    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "factorch"], capture_output=True, text=True).stdout
-    return sha + ("+dirty" if dirty.strip() else "")
 
 
 def ort_accuracy(path: Path, test) -> float:
@@ -118,8 +114,12 @@ def main() -> None:
     parser.add_argument("--qat-epochs", type=int, default=3)
     parser.add_argument("--qat-observer", default="minmax", help="initial weight and activation ranges of W4A4")
     parser.add_argument("--qat-lr", type=float, default=0.01, help="initial learning rate of the W4A4 distillation")
-    parser.add_argument("--qat-edge-bits", type=int, default=4,
-                        help="bits of the first conv and the classifier (8: as LSQ and PACT report W4A4)")
+    parser.add_argument(
+        "--qat-edge-bits",
+        type=int,
+        default=4,
+        help="bits of the first conv and the classifier (8: as LSQ and PACT report W4A4)",
+    )
     parser.add_argument("--binary-epochs", type=int, default=5)
     parser.add_argument("--binary-modes", default="bwn,xnor,binaryconnect")
     parser.add_argument("--fact-epochs", type=int, default=1, help="distillation epochs of the factorized model")
@@ -216,7 +216,7 @@ def ptq(dense: nn.Module, calib, observer: str, acc) -> dict:
 
 def trained(dense: nn.Module, cfg, calib, train, epochs: int, acc, key: str, lr: float = 0.01) -> dict:
     q, report = factorch.compress(dense, cfg, example_inputs=X, calib_data=calib)
-    q = factorch.finetune(q, train, teacher=dense, epochs=epochs, out_dir=Path("runs") / "bench-quant" / key,
+    q = factorch.finetune(q, train, teacher=dense, epochs=epochs, out_dir=RUNS / key,
                           resume=True, inplace=True, lr=lr)  # fmt: skip
     return {"accuracy": acc(q), "size_ratio": report.totals["size_ratio"], "epochs": epochs,
             "bits_per_weight": report.totals["bits_per_weight"]}  # fmt: skip
@@ -262,7 +262,7 @@ def onnx_rows(dense: nn.Module, name: str, calib, test, train, args) -> dict[str
         before = round(evaluate(fact, test, show_progress=False)["accuracy"], 2)
         if args.fact_epochs:
             fact = factorch.finetune(fact, train, teacher=dense, epochs=args.fact_epochs, inplace=True, resume=True,
-                                     out_dir=Path("runs") / "bench-quant" / f"{name}-{method.replace(' ', '-')}-0.33")  # fmt: skip
+                                     out_dir=RUNS / f"{name}-{method.replace(' ', '-')}-0.33")  # fmt: skip
         facts[method] = fact, {
             "macs_ratio": report.totals["macs_ratio"], "float_accuracy_before_finetune": before,
             "finetune_epochs": args.fact_epochs, "factorize_time_s": round(time.perf_counter() - t0, 1),

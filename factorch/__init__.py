@@ -27,6 +27,7 @@ from factorch.config import PQConfig as PQConfig
 from factorch.config import PruneConfig as PruneConfig
 from factorch.config import QuantConfig as QuantConfig
 from factorch.config import RQConfig as RQConfig
+from factorch.config import SALConfig as SALConfig
 from factorch.config import SpatialSVDConfig as SpatialSVDConfig
 from factorch.config import SVDConfig as SVDConfig
 from factorch.config import TTConfig as TTConfig

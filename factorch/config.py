@@ -332,6 +332,33 @@ class BinaryConfig(MethodConfig):
 
 
 @dataclass
+class SALConfig(MethodConfig):
+    """Shift Attention Layers (Hacene et al. 2019): each 2-D ``k x k`` conv becomes a
+    :class:`factorch.nn.ShiftAttentionConv2d` initialised from its kernel; ``factorch.finetune`` then moves it,
+    on the layer's attention schedule, to exactly ``keep`` weights per ``(output, input)`` kernel slice, after
+    which each layer runs as shift + 1x1 conv (``layer.to_shift()``).
+
+    Attributes:
+        keep: weights kept per kernel slice (1: SAL, 2: SAL2).
+        ramp: fraction of fine-tuning over which each layer moves from the dense conv to the binarised one.
+
+    The first conv and the final classifier stay dense by default (name them in a Plan to convert them).
+    """
+
+    keep: int = 1
+    ramp: float = 0.75
+    method: ClassVar[str] = "sal"
+    option_field: ClassVar[str] = "keep"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.keep, bool) or not isinstance(self.keep, int) or self.keep < 1:
+            raise ValueError(f"SALConfig(keep=...) must be a positive int (1: SAL, 2: SAL2), got {self.keep!r}")
+        if not 0.0 < self.ramp <= 1.0:
+            raise ValueError(f"SALConfig(ramp=...) must be in (0, 1], got {self.ramp!r}")
+
+
+@dataclass
 class KMeansConfig(MethodConfig):
     """Weight sharing: each layer's weights clustered by 1-D k-means into ``2**bits`` shared values (Deep
     Compression's second stage; linear centroid initialisation, as the paper recommends). Weights that are

@@ -13,6 +13,7 @@ from factorch.config import (
     PruneConfig,
     QuantConfig,
     RQConfig,
+    SALConfig,
     SpatialSVDConfig,
     SVDConfig,
     TTConfig,
@@ -22,6 +23,7 @@ from factorch.layers.binary import BinaryLayer
 from factorch.layers.cp import CPConv
 from factorch.layers.pruned import PrunedLayer
 from factorch.layers.quantized import QuantizedLayer
+from factorch.layers.sal import SALConv2d
 from factorch.layers.shared import SharedWeightLayer
 from factorch.layers.spatial import SpatialSVDConv2d
 from factorch.layers.svd import LowRankLinear, SVDConv
@@ -45,6 +47,7 @@ if "svd" not in list_methods():  # registered once per process, even if this mod
     # bit widths lower stored bytes only: candidates under size= budgets (weights; activations stay float)
     register_method("quant", config=QuantConfig, layers={(*CONV, nn.Linear): QuantizedLayer})
     register_method("binary", config=BinaryConfig, layers={(*CONV, nn.Linear): BinaryLayer}, searchable=False)
+    register_method("sal", config=SALConfig, layers={(nn.Conv2d,): SALConv2d}, searchable=False)
     register_method("kmeans", config=KMeansConfig, layers={(*CONV, nn.Linear): SharedWeightLayer})
     register_method("pq", config=PQConfig, layers={(*CONV, nn.Linear): VectorQuantizedLayer}, searchable=False)
     register_method("rq", config=RQConfig, layers={(*CONV, nn.Linear): ResidualQuantizedLayer}, searchable=False)

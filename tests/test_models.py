@@ -14,7 +14,8 @@ NAMES = list_models()
 
 def test_registry_lists_reference_models():
     assert {"resnet20", "vgg", "mobilenet_v2", "lenet5"} <= set(NAMES)
-    assert list_models("res*") == ["resnet20"]
+    assert list_models("resnet2*") == ["resnet20", "resnet20_trl"]
+    assert {"squeezenet", "mobilenet_v1", "resnext", "xception_mini", "inception_mini", "sal_resnet20"} <= set(NAMES)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -20,6 +20,7 @@ from factorch.layers.binary import BinaryLayer as BinaryLayer
 from factorch.layers.cp import CPConv as CPConv
 from factorch.layers.pruned import PrunedLayer as PrunedLayer
 from factorch.layers.quantized import QuantizedLayer as QuantizedLayer
+from factorch.layers.sal import SALConv2d as SALConv2d
 from factorch.layers.shared import SharedWeightLayer as SharedWeightLayer
 from factorch.layers.spatial import SpatialSVDConv2d as SpatialSVDConv2d
 from factorch.layers.svd import LowRankLinear as LowRankLinear
@@ -68,6 +69,7 @@ __all__ = [
     "ConvSpec",
     "EmbeddingSpec",
     "FactorizedLayer",
+    "SALConv2d",
     "LinearSpec",
     "LowRankLinear",
     "NotFactorizable",

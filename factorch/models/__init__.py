@@ -1,5 +1,6 @@
 """Reference models: ``create_model(name)``, ``list_models(pattern)``."""
 
+from factorch.models import compact as compact
 from factorch.models import lenet as lenet
 from factorch.models import mobilenet as mobilenet
 from factorch.models import resnet as resnet

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from factorch.models._registry import register_model
+from factorch.nn import TRL, ShiftAttentionConv2d
 
 
 class PadShortcut(nn.Module):
@@ -79,3 +80,45 @@ class CifarResNet(nn.Module):
 def resnet20(*, num_classes: int = 10, in_channels: int = 1) -> nn.Module:
     """ResNet-20 for small images: 19 3x3 convs + 1 Linear, 0.27 M parameters."""
     return CifarResNet(20, num_classes=num_classes, in_channels=in_channels)
+
+
+def _with_sal(model: CifarResNet, keep: int) -> CifarResNet:
+    """Every 3x3 conv of the residual blocks as a Shift Attention Layer (the stem conv stays dense)."""
+    for block in (b for stage in (model.layer1, model.layer2, model.layer3) for b in stage):
+        block.conv1 = ShiftAttentionConv2d.from_conv(block.conv1, keep=keep)
+        block.conv2 = ShiftAttentionConv2d.from_conv(block.conv2, keep=keep)
+    return model
+
+
+@register_model
+def sal_resnet20(*, num_classes: int = 10, in_channels: int = 1, keep: int = 1) -> nn.Module:
+    """ResNet-20 whose block convs are Shift Attention Layers keeping ``keep`` weights per kernel slice (the
+    shipped weights: fine-tuned from ``resnet20`` through ``SALConfig``, binarised)."""
+    return _with_sal(CifarResNet(20, num_classes=num_classes, in_channels=in_channels), keep)
+
+
+@register_model
+def sal2_resnet20(*, num_classes: int = 10, in_channels: int = 1) -> nn.Module:
+    """``sal_resnet20`` keeping two weights per kernel slice (SAL2)."""
+    return sal_resnet20(num_classes=num_classes, in_channels=in_channels, keep=2)
+
+
+class TRLResNet(CifarResNet):
+    """ResNet-20 whose global-average-pool + Linear head is a tensor regression layer on the last 64x7x7 map
+    (other input sizes are average-pooled to 7x7 first; at 28x28 that pooling is the identity)."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, rank=(16, 4, 4, 10)) -> None:
+        super().__init__(20, num_classes=num_classes, in_channels=in_channels)
+        del self.fc
+        self.pool = nn.AdaptiveAvgPool2d(7)
+        self.trl = TRL((64, 7, 7), num_classes, (*rank[:3], min(rank[3], num_classes)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        return self.trl(self.pool(self.layer3(self.layer2(self.layer1(x)))))
+
+
+@register_model
+def resnet20_trl(*, num_classes: int = 10, in_channels: int = 1) -> nn.Module:
+    """ResNet-20 with a tensor regression head (core rank 16 x 4 x 4 x 10) instead of pooling + Linear."""
+    return TRLResNet(num_classes=num_classes, in_channels=in_channels)

@@ -7,7 +7,7 @@ move, not a MAC).
 """
 
 from factorch.nn.blocks import AsymmetricConv, DepthwiseSeparableConv, Fire, InvertedResidual, ResNeXtBlock
-from factorch.nn.shift import ShiftAttentionConv2d, ShiftConv2d
+from factorch.nn.shift import ShiftAttentionConv2d, ShiftConv2d, to_shift_model
 from factorch.nn.tensor import TCL, TRL
 
 __all__ = [
@@ -20,4 +20,5 @@ __all__ = [
     "ShiftConv2d",
     "TCL",
     "TRL",
+    "to_shift_model",
 ]

@@ -122,7 +122,9 @@ class ShiftConv2d(nn.Module):
         parts = []
         for position, start, stop, first in self._groups:
             i, j = divmod(position, kw)
-            xs = x[:, first : first + stop - start] if first is not None else x.index_select(1, self.sources[start:stop])
+            xs = (
+                x[:, first : first + stop - start] if first is not None else x.index_select(1, self.sources[start:stop])
+            )
             parts.append(xs[:, :, i : i + (ho - 1) * sh + 1 : sh, j : j + (wo - 1) * sw + 1 : sw])
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
@@ -266,3 +268,16 @@ class ShiftAttentionConv2d(nn.Module):
 
     def extra_repr(self) -> str:
         return f"keep={self.keep}, ramp={self.ramp}, progress={float(self.progress):.3f}"
+
+
+def to_shift_model(model: nn.Module, *, inplace: bool = False) -> nn.Module:
+    """``model`` with every :class:`ShiftAttentionConv2d` replaced by its executed shift + 1x1 form
+    (:meth:`ShiftAttentionConv2d.to_shift`; the outputs are those of the binarised layers)."""
+    import copy
+
+    work = model if inplace else copy.deepcopy(model)
+    for module in list(work.modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, ShiftAttentionConv2d):
+                setattr(module, child_name, child.to_shift())
+    return work

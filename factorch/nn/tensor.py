@@ -102,7 +102,9 @@ class TRL(nn.Module):
         self.rank = ranks
         self.factors = nn.ParameterList([nn.Parameter(_orthonormal(s, r)) for s, r in zip(sizes, ranks, strict=True)])
         fan_in = math.prod(self.input_shape)
-        self.core = nn.Parameter(torch.randn(ranks) * math.sqrt(1.0 / fan_in) * math.sqrt(fan_in / math.prod(ranks[:3])))
+        self.core = nn.Parameter(
+            torch.randn(ranks) * math.sqrt(1.0 / fan_in) * math.sqrt(fan_in / math.prod(ranks[:3]))
+        )
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:

@@ -34,7 +34,11 @@ def randomise(module, seed=0):
     with torch.no_grad():
         for name, t in module.state_dict().items():
             if t.is_floating_point():
-                t.copy_(torch.rand(t.shape, generator=g) + 0.5 if name.endswith("running_var") else torch.randn(t.shape, generator=g) * 0.3)
+                t.copy_(
+                    torch.rand(t.shape, generator=g) + 0.5
+                    if name.endswith("running_var")
+                    else torch.randn(t.shape, generator=g) * 0.3
+                )
     return module.eval()
 
 
@@ -67,7 +71,9 @@ def test_depthwise_separable(cin, cout, k, stride, mult, hw, between):
 
 
 @SETTINGS
-@given(cin=st.integers(1, 8), cout=st.integers(1, 8), stride=st.integers(1, 2), t=st.integers(1, 6), hw=st.integers(3, 9))
+@given(
+    cin=st.integers(1, 8), cout=st.integers(1, 8), stride=st.integers(1, 2), t=st.integers(1, 6), hw=st.integers(3, 9)
+)
 def test_inverted_residual(cin, cout, stride, t, hw):
     m = randomise(InvertedResidual(cin, cout, stride, t))
     x = torch.randn(2, cin, hw, hw)
@@ -112,7 +118,8 @@ def test_asymmetric_conv_is_an_n_by_1_then_1_by_n_conv(cin, cout, k, sh, sw, mid
 
 
 def test_asymmetric_conv_without_norm_and_activation_is_a_separable_kernel():
-    """With no BatchNorm, no activation and no inner bias, the pair computes one k x k conv of rank-``mid`` kernel slices."""
+    """With no BatchNorm, no activation and no inner bias, the pair computes one k x k conv of rank-``mid``
+    kernel slices."""
     torch.manual_seed(0)
     m = AsymmetricConv(3, 4, 3, padding=1, mid_channels=2, norm=False, activation=None).eval()
     v, h = m.vertical[0], m.horizontal[0]

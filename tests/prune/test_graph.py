@@ -128,9 +128,11 @@ def test_mobilenet_depthwise_conv_couples_its_input_and_output_channel():
     for channel in expand.channels:
         assert len({s.index for s in channel}) == 1
     assert graph.layers["features.2.conv.1.0"].kind == "depthwise"
-    # the residual stream of stage (24 channels at width 0.5 -> 16) spans both blocks' projections
-    stream = graph.group("features.2.conv.2")
-    assert {("features.3.conv.2", "out"), ("features.4.conv.0.0", "in")} <= set(stream.layers)
+    # the residual stream of the 24-channel stage spans both blocks' projections and the next block's input
+    stream = graph.group("features.2.conv.2.0")
+    assert {("features.3.conv.2.0", "out"), ("features.3.conv.0.0", "in"), ("features.4.conv.0.0", "in")} <= set(
+        stream.layers
+    )
 
 
 class Grouped(nn.Module):

@@ -100,7 +100,9 @@ def test_padded_factor_chains_compute_the_same_and_meet_the_fast_int8_rule(metho
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 24, 3, padding=1)).eval()
     cfg = config_for_method(method, rank=rank)
-    compressed, _ = factorch.compress(model, factorch.Plan({"0": cfg, "2": cfg}), example_inputs=torch.zeros(1, 16, 8, 8))
+    compressed, _ = factorch.compress(
+        model, factorch.Plan({"0": cfg, "2": cfg}), example_inputs=torch.zeros(1, 16, 8, 8)
+    )
     inner = [c.out_channels for layer in compressed if isinstance(layer, factorch.layers.FactorizedLayer)
              for c in list(layer.children())[:-1]]  # fmt: skip
     assert inner and any(c < FAST_INT8_MIN_OUT or c % FAST_INT8_MULTIPLE for c in inner)

@@ -1,0 +1,93 @@
+"""Maintainer script: train the shipped ``sal_resnet20`` / ``sal2_resnet20`` weights.
+
+    python scripts/train_sal.py --keep 1 --epochs 8 --threads 1 --out runs/sal_resnet20
+    python scripts/ship_pretrained.py runs/sal_resnet20 sal_resnet20
+
+Starts from the shipped ``resnet20`` (every block conv becomes a Shift Attention Layer initialised from its
+kernel), fine-tunes with distillation from ``resnet20`` while each layer's attention schedule moves it to
+``keep`` weights per kernel slice, binarises, and writes ``weights.pt`` + ``card.json`` (the format of
+``factorch train``). Resumable: run the same command with ``--resume``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from factorch.data import fashion_mnist
+from factorch.models import create_model
+from factorch.models._resolve import MODEL_JSON, WEIGHTS, architecture_spec
+from factorch.nn import ShiftAttentionConv2d
+from factorch.train import evaluate, finetune
+
+
+def main(argv: list[str]) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--keep", type=int, default=1)
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--lr", type=float, default=0.02)
+    p.add_argument("--ramp", type=float, default=0.75)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", required=True)
+    p.add_argument("--resume", action="store_true")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    name = "sal_resnet20" if args.keep == 1 else f"sal{args.keep}_resnet20"
+    teacher = create_model("resnet20", pretrained=True).eval()
+    student = create_model(name) if args.keep <= 2 else create_model("sal_resnet20", keep=args.keep)
+    # the dense weights, each block conv's kernel going into its SAL layer's conv
+    state = {}
+    sal_prefixes = {n + "." for n, m in student.named_modules() if isinstance(m, ShiftAttentionConv2d)}
+    for key, value in teacher.state_dict().items():
+        prefix = key.rsplit(".", 1)[0] + "."
+        state[prefix + "conv." + key.rsplit(".", 1)[1] if prefix in sal_prefixes else key] = value
+    missing, unexpected = student.load_state_dict(state, strict=False)
+    assert not unexpected and all(k.endswith((".attention", ".progress")) for k in missing), (missing, unexpected)
+    for m in student.modules():
+        if isinstance(m, ShiftAttentionConv2d):
+            m.ramp = args.ramp
+            m.reset_attention()
+    out = Path(args.out)
+    start = time.perf_counter()
+    history: list[dict] = []
+    tuned = finetune(
+        student, fashion_mnist("train", seed=args.seed), teacher=teacher, epochs=args.epochs, lr=args.lr,
+        seed=args.seed, test_data=fashion_mnist("test"), out_dir=out, resume=args.resume, history=history,
+        on_epoch_end=lambda e, m: print(f"epoch {e}: {json.dumps(m)}", flush=True),
+    )  # fmt: skip
+    for m in tuned.modules():
+        if isinstance(m, ShiftAttentionConv2d):
+            m.binarize()
+    final = evaluate(tuned, fashion_mnist("test"), show_progress=False)
+    torch.save(tuned.state_dict(), out / WEIGHTS)
+    (out / MODEL_JSON).write_text(json.dumps(architecture_spec(name), indent=2) + "\n")
+    card = {
+        "model": name,
+        "command": "python scripts/train_sal.py " + " ".join(shlex.quote(a) for a in argv),
+        "init": "resnet20 (shipped weights), distillation from resnet20",
+        "seed": args.seed,
+        "epochs": args.epochs,
+        "lr": args.lr,
+        "ramp": args.ramp,
+        "keep": args.keep,
+        "wall_time_s": round(time.perf_counter() - start, 1),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "test_accuracy": round(final["accuracy"], 2),
+        "test_loss": round(final["loss"], 4),
+        "history": history,
+    }
+    (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    print(f"done: {name} test accuracy {final['accuracy']:.2f} % (binarised)")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,116 @@
+"""SALConfig as a compression method: compress -> (fine-tune) -> binarise -> save / load -> shift form."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import factorch
+from factorch import SALConfig
+from factorch.layers import SALConv2d
+from factorch.nn import ShiftAttentionConv2d, ShiftConv2d, to_shift_model
+
+
+class Small(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 6, 3, padding=1)
+        self.body = nn.Conv2d(6, 8, 3, stride=2, padding=1)
+        self.point = nn.Conv2d(8, 8, 1)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.point(torch.relu(self.body(torch.relu(self.stem(x))))))
+        return self.fc(x.mean((2, 3)))
+
+
+X = torch.randn(4, 1, 12, 12)
+
+
+def _compressed(keep=1):
+    torch.manual_seed(0)
+    model = Small().eval()
+    out, _ = factorch.compress(model, SALConfig(keep=keep), example_inputs=X[:1])
+    return model, out
+
+
+def test_compress_turns_kxk_convs_into_sal_layers_that_start_as_the_dense_conv():
+    model, out = _compressed()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert isinstance(out.body, SALConv2d)
+    assert type(out.stem) is nn.Conv2d  # the first conv stays dense by default
+    assert isinstance(out.point, nn.Conv2d) and not isinstance(out.point, SALConv2d)  # 1x1: nothing to choose
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the caller's model untouched
+    with torch.no_grad():
+        torch.testing.assert_close(out(X), model(X), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("keep", [1, 2])
+def test_binarised_model_saves_loads_exactly_and_its_shift_form_matches(tmp_path, keep):
+    _, out = _compressed(keep)
+    for m in out.modules():
+        if isinstance(m, ShiftAttentionConv2d):
+            with torch.no_grad():
+                m.attention.normal_()
+            m.binarize()
+            w = m.effective_weight().detach().flatten(2)
+            assert ((w != 0).sum(-1) <= keep).all()
+    factorch.save(out, tmp_path / "m")
+    back = factorch.load(tmp_path / "m", base_model=Small())
+    with torch.no_grad():
+        assert torch.equal(back(X), out(X))
+    fast = to_shift_model(out.double())
+    assert isinstance(fast.body, ShiftConv2d) and isinstance(out.body, SALConv2d)  # the copy, not the model
+    with torch.no_grad():
+        torch.testing.assert_close(fast(X.double()), out(X.double()), rtol=0, atol=1e-10)
+
+
+def test_option_cost_counts_keep_weights_per_slice_and_their_positions():
+    _, out = _compressed()
+    spec = out.body.spec
+    cost = SALConv2d.option_cost(spec, (1,), input_size=(12, 12))
+    assert cost.params == 8 * 6 * 1 + 8
+    assert cost.index_bits == 8 * 6 * math.ceil(math.log2(9))
+    assert cost.macs == (8 * 6 * 9 * 6 * 6) // 9
+    two = SALConv2d.option_cost(spec, (2,), input_size=(12, 12))
+    assert two.params == 8 * 6 * 2 + 8 and two.macs == 2 * cost.macs
+
+
+@pytest.mark.parametrize(
+    "kwargs, message", [({"keep": 0}, "keep"), ({"keep": 1.5}, "keep"), ({"ramp": 0.0}, "ramp"), ({"ramp": 2}, "ramp")]
+)
+def test_bad_config_is_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SALConfig(**kwargs)
+
+
+def test_keep_beyond_the_kernel_is_refused_with_the_layer_name():
+    with pytest.raises(ValueError, match="keep"):
+        factorch.compress(Small(), factorch.Plan({"body": SALConfig(keep=10)}), example_inputs=X[:1])
+
+
+def test_finetune_binarises_and_trains_the_kept_weights():
+    _, out = _compressed()
+    data = torch.utils.data.TensorDataset(torch.randn(32, 1, 12, 12), torch.randint(0, 3, (32,)))
+    tuned = factorch.finetune(out, data, epochs=2, batch_size=8, show_progress=False)
+    for m in tuned.modules():
+        if isinstance(m, ShiftAttentionConv2d):
+            assert float(m.progress) == pytest.approx(1.0, abs=0.1) and m.hardness == 1.0
+            assert ((m.effective_weight().detach().flatten(2) != 0).sum(-1) <= 1).all()
+
+
+def test_shifted_sal_model_exports_to_onnx_with_the_same_outputs(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    _, out = _compressed()
+    for m in out.modules():
+        if isinstance(m, ShiftAttentionConv2d):
+            m.binarize()
+    fast = to_shift_model(out)
+    path = factorch.export_onnx(fast, tmp_path / "sal.onnx", X[:2])
+    session = ort.InferenceSession(str(path))
+    got = session.run(None, {session.get_inputs()[0].name: X[:2].numpy()})[0]
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(got), out(X[:2]), rtol=1e-4, atol=1e-5)
