@@ -31,6 +31,21 @@ def test_resnet20_has_paper_parameter_count():
     assert sum(p.numel() for p in model.parameters()) == 269_722
 
 
+@pytest.mark.parametrize("depth, params", [(32, 464_154), (56, 853_018), (110, 1_727_962)])
+def test_deeper_cifar_resnets_have_the_paper_parameter_counts(depth, params):
+    # He et al. 2016, table 6: 0.46 M, 0.85 M, 1.7 M
+    model = create_model(f"resnet{depth}", in_channels=3)
+    assert sum(p.numel() for p in model.parameters()) == params
+
+
+def test_resnet50_matches_torchvision_in_parameters_and_macs():
+    model = create_model("resnet50", num_classes=1000, in_channels=3)
+    assert sum(p.numel() for p in model.parameters()) == 25_557_032  # torchvision.models.resnet50
+    assert factorch.profile(model, input_shape=(1, 3, 224, 224)).total_macs == 4_089_184_256  # its "4.09 GFLOPS"
+    small = factorch.profile(create_model("resnet50"), input_shape=(1, 1, 28, 28))
+    assert small.rows[0].type_name == "Conv2d" and small.rows[0].output_shape == (1, 64, 28, 28)  # 3x3 stem
+
+
 def test_vgg_is_in_the_announced_size_range():
     prof = factorch.profile(create_model("vgg"), input_shape=(1, 1, 28, 28))
     assert 50e6 <= prof.total_macs <= 100e6
@@ -39,7 +54,7 @@ def test_vgg_is_in_the_announced_size_range():
 
 
 def test_unknown_model_names_close_matches():
-    with pytest.raises(ValueError, match=r"unknown model 'resnet2'.*Did you mean 'resnet20'"):
+    with pytest.raises(ValueError, match=r"unknown model 'resnet2'.*Did you mean .*'resnet20'"):
         create_model("resnet2")
 
 

@@ -4,6 +4,7 @@ from factorch.models import compact as compact
 from factorch.models import lenet as lenet
 from factorch.models import mobilenet as mobilenet
 from factorch.models import resnet as resnet
+from factorch.models import resnet50 as resnet50
 from factorch.models import vgg as vgg
 from factorch.models._registry import create_model as create_model
 from factorch.models._registry import is_model as is_model

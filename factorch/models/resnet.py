@@ -82,6 +82,24 @@ def resnet20(*, num_classes: int = 10, in_channels: int = 1) -> nn.Module:
     return CifarResNet(20, num_classes=num_classes, in_channels=in_channels)
 
 
+@register_model
+def resnet32(*, num_classes: int = 10, in_channels: int = 1) -> nn.Module:
+    """ResNet-32 (0.46 M parameters); no weights ship: for studies of how the search scales with depth."""
+    return CifarResNet(32, num_classes=num_classes, in_channels=in_channels)
+
+
+@register_model
+def resnet56(*, num_classes: int = 10, in_channels: int = 1) -> nn.Module:
+    """ResNet-56 (0.85 M parameters); no weights ship."""
+    return CifarResNet(56, num_classes=num_classes, in_channels=in_channels)
+
+
+@register_model
+def resnet110(*, num_classes: int = 10, in_channels: int = 1) -> nn.Module:
+    """ResNet-110 (1.7 M parameters); no weights ship."""
+    return CifarResNet(110, num_classes=num_classes, in_channels=in_channels)
+
+
 def _with_sal(model: CifarResNet, keep: int) -> CifarResNet:
     """Every 3x3 conv of the residual blocks as a Shift Attention Layer (the stem conv stays dense)."""
     for block in (b for stage in (model.layer1, model.layer2, model.layer3) for b in stage):
