@@ -28,15 +28,9 @@ from factorch.train import evaluate, finetune
 
 
 def main(argv: list[str]) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__, epochs=8, lr=0.02)
     p.add_argument("--keep", type=int, default=1)
-    p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--lr", type=float, default=0.02)
     p.add_argument("--ramp", type=float, default=0.75)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--out", required=True)
-    p.add_argument("--resume", action="store_true")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -55,29 +49,48 @@ def main(argv: list[str]) -> None:
         if isinstance(m, ShiftAttentionConv2d):
             m.ramp = args.ramp
             m.reset_attention()
-    out = Path(args.out)
-    start = time.perf_counter()
-    history: list[dict] = []
-    tuned = finetune(
-        student, fashion_mnist("train", seed=args.seed), teacher=teacher, epochs=args.epochs, lr=args.lr,
-        seed=args.seed, test_data=fashion_mnist("test"), out_dir=out, resume=args.resume, history=history,
-        on_epoch_end=lambda e, m: print(f"epoch {e}: {json.dumps(m)}", flush=True),
-    )  # fmt: skip
+    out, start, history = Path(args.out), time.perf_counter(), []
+    tuned = distill(student, teacher, args, history)
     for m in tuned.modules():
         if isinstance(m, ShiftAttentionConv2d):
             m.binarize()
-    final = evaluate(tuned, fashion_mnist("test"), show_progress=False)
-    torch.save(tuned.state_dict(), out / WEIGHTS)
+    write_run(out, name, tuned, "python scripts/train_sal.py", argv, vars(args), history, start,
+              "resnet20 (shipped weights), distillation from resnet20")  # fmt: skip
+
+
+def parser(doc: str, *, epochs: int, lr: float) -> argparse.ArgumentParser:
+    """The arguments every fine-tuning script here takes."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--epochs", type=int, default=epochs)
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", required=True)
+    p.add_argument("--resume", action="store_true")
+    return p
+
+
+def distill(student, teacher, args: argparse.Namespace, history: list):
+    """``factorch.finetune`` with distillation from ``teacher``, resumable in ``args.out``, evaluated each epoch."""
+    return finetune(
+        student, fashion_mnist("train", seed=args.seed), teacher=teacher, epochs=args.epochs, lr=args.lr,
+        seed=args.seed, test_data=fashion_mnist("test"), out_dir=Path(args.out), resume=args.resume,
+        history=history, on_epoch_end=lambda e, m: print(f"epoch {e}: {json.dumps(m)}", flush=True),
+    )  # fmt: skip
+
+
+def write_run(out: Path, name: str, model, script: str, argv: list[str], args: dict, history: list, start: float,
+              init: str) -> None:  # fmt: skip
+    """``weights.pt``, ``model.json`` and ``card.json`` in ``out``, as ``factorch train`` writes them (what
+    ``scripts/ship_pretrained.py`` reads), with the test accuracy of the final model."""
+    final = evaluate(model, fashion_mnist("test"), show_progress=False)
+    torch.save(model.state_dict(), out / WEIGHTS)
     (out / MODEL_JSON).write_text(json.dumps(architecture_spec(name), indent=2) + "\n")
     card = {
         "model": name,
-        "command": "python scripts/train_sal.py " + " ".join(shlex.quote(a) for a in argv),
-        "init": "resnet20 (shipped weights), distillation from resnet20",
-        "seed": args.seed,
-        "epochs": args.epochs,
-        "lr": args.lr,
-        "ramp": args.ramp,
-        "keep": args.keep,
+        "command": f"{script} " + " ".join(shlex.quote(a) for a in argv),
+        "init": init,
+        **{k: v for k, v in args.items() if k not in ("out", "resume")},
         "wall_time_s": round(time.perf_counter() - start, 1),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -86,7 +99,7 @@ def main(argv: list[str]) -> None:
         "history": history,
     }
     (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
-    print(f"done: {name} test accuracy {final['accuracy']:.2f} % (binarised)")
+    print(f"done: {name} test accuracy {final['accuracy']:.2f} %")
 
 
 if __name__ == "__main__":

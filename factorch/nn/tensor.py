@@ -149,5 +149,23 @@ class TRL(nn.Module):
             new.bias.copy_(linear.bias)
         return new
 
+    @classmethod
+    @torch.no_grad()
+    def from_pooled_linear(
+        cls, linear: nn.Linear, input_shape: Sequence[int], rank: Sequence[int] | float = 0.5
+    ) -> TRL:
+        """A TRL equal to global average pooling of the ``input_shape`` map followed by ``linear``: its weight
+        ``W[c, h, w, o] = linear.weight[o, c] / (H * W)`` has multilinear rank at most ``(min(C, out), 1, 1,
+        min(C, out))``, so any ``rank`` at least that is exact (the TRL then learns spatial structure when
+        fine-tuned)."""
+        c, h, w = _shape3("TRL input_shape", input_shape)
+        if linear.in_features != c:
+            raise ValueError(f"TRL.from_pooled_linear: the Linear takes {linear.in_features} inputs, the map has {c}")
+        flat = nn.Linear(c * h * w, linear.out_features, bias=linear.bias is not None).to(linear.weight)
+        flat.weight.copy_(linear.weight.repeat_interleave(h * w, dim=1) / (h * w))
+        if linear.bias is not None:
+            flat.bias.copy_(linear.bias)
+        return cls.from_linear(flat, (c, h, w), rank)
+
     def extra_repr(self) -> str:
         return f"input_shape={self.input_shape}, out_features={self.out_features}, rank={self.rank}"

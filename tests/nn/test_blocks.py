@@ -172,6 +172,18 @@ def test_trl_from_linear_at_full_rank_is_the_linear_head():
     assert (low(x) - lin(x.flatten(1))).norm() > 1e-3  # a low rank is an approximation
 
 
+def test_trl_from_a_pooled_head_is_exact_at_spatial_rank_one():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(12, 5).double()
+    x = torch.randn(6, 12, 4, 4, dtype=torch.float64)
+    trl = TRL.from_pooled_linear(lin, (12, 4, 4), rank=(5, 1, 1, 5))  # the pooled weight's multilinear rank
+    torch.testing.assert_close(trl(x), lin(x.mean((2, 3))), rtol=1e-10, atol=1e-10)
+    low = TRL.from_pooled_linear(lin, (12, 4, 4), rank=(4, 1, 1, 5))
+    assert (low(x) - lin(x.mean((2, 3)))).norm() > 1e-3
+    with pytest.raises(ValueError, match="takes 12 inputs"):
+        TRL.from_pooled_linear(lin, (8, 4, 4))
+
+
 @pytest.mark.parametrize(
     "build, message",
     [
