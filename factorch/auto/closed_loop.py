@@ -19,6 +19,11 @@ from factorch.report import CompressionReport
 from factorch.surgery import get_module
 
 UNDERSHOOT = 0.9  # a measured result below this share of the target is built again with more budget
+MISS_TOLERANCE = 1.05  # a closest result within 5 % over the target is returned (with a warning), not refused
+
+
+class TargetUnreachableError(ValueError):
+    """The closed loop built and measured models and none came near the target: what it could reach is named."""
 
 
 def _measure(
@@ -204,13 +209,21 @@ def auto_compress(
             else:
                 goal = goal * fraction / ratio * margin
         met = [t for t in tried if t[1] <= fraction]
-        # of the models that meet the target, the one given the most budget; else the one measured closest
+        # of the models that meet the target, the one given the most budget; else the one measured closest,
+        # if it is close; else, with an accuracy floor, the fastest within it; else a clear refusal
         _, ratio, built, report = max(met, key=lambda t: t[0]) if met else min(tried, key=lambda t: t[1])
-        if ratio > fraction:
+        if ratio > fraction * MISS_TOLERANCE:
+            built, report, ratio = _missed(target, fraction, tried, cfg, eval_fn, base_score)
+            warnings.append(
+                f"target missed: measured {target.kind} x{ratio:.3f} against {fraction:g}; the model with the "
+                f"lowest {target.kind} within max_accuracy_drop={cfg.max_accuracy_drop} is returned"
+            )
+        elif ratio > fraction:
             warnings.append(
                 f"measured {target.kind} x{ratio:.3f} is above the target {fraction:g} after {len(attempts)} "
                 "attempt(s); the closest is returned"
             )
+        report.totals["target_met"] = ratio <= fraction
     if cfg.calibrate is not None:
         from factorch.apply import note_calibration
         from factorch.calibrate import calibrate_
@@ -239,6 +252,42 @@ def auto_compress(
         _copy_into(model, built)
         built = model
     return built, report
+
+
+def _missed(
+    target: Target,
+    fraction: float,
+    tried: list[tuple[float, float, nn.Module, CompressionReport]],
+    cfg: AutoConfig,
+    eval_fn: Callable[[nn.Module], float] | None,
+    base_score: float | None,
+) -> tuple[nn.Module, CompressionReport, float]:
+    """No model came within ``MISS_TOLERANCE`` of the target. With ``max_accuracy_drop``, the tried model of
+    lowest measured ratio whose drop is within it; otherwise (or when none is) ``TargetUnreachableError``
+    naming the best figure reached, rather than a model that only chased the target (measured: resnet20 asked
+    for ``latency=0.5`` reached x0.56 at 0.06x MACs and 14 % accuracy)."""
+    where = f" ({cfg.runtime}, batch {cfg.batch_size})" if target.kind == "latency" else ""
+    best_ratio, best_report = min(((t[1], t[3]) for t in tried), key=lambda r: r[0])
+    macs = best_report.totals.get("macs_ratio")
+    reached = f"x{best_ratio:.3f}{where}" + (f" at x{macs:.3f} MACs" if macs is not None else "")
+    lead = (
+        f"AutoConfig({cfg.target!r}) cannot be met: of the {len(tried)} model(s) built and measured, the best "
+        f"reached {target.kind} {reached}"
+    )
+    if cfg.max_accuracy_drop is None or eval_fn is None or base_score is None:
+        raise TargetUnreachableError(
+            f"{lead}. Ask for a target of about x{best_ratio:.2f} or more, or pass max_accuracy_drop= (with eval_fn) "
+            f"to get the lowest {target.kind} within an accuracy floor."
+        )
+    within = []
+    for _, ratio, built, report in tried:
+        drop = base_score - float(eval_fn(built))
+        if drop <= cfg.max_accuracy_drop:
+            within.append((ratio, built, report))
+    if not within:
+        raise TargetUnreachableError(f"{lead}, and none kept the accuracy drop within {cfg.max_accuracy_drop}.")
+    ratio, built, report = min(within, key=lambda t: t[0])
+    return built, report, ratio
 
 
 def _achieved(

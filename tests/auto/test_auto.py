@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import factorch
-from factorch.auto import AutoConfig, uniform_compress
+from factorch.auto import AutoConfig, TargetUnreachableError, uniform_compress
 from factorch.auto import candidates as candidates_mod
 from factorch.auto import closed_loop as closed_loop_mod
 from factorch.auto import search as search_mod
@@ -287,22 +287,53 @@ def test_missing_calibration_and_unreachable_target_are_errors():
         factorch.compress(tiny_net(), factorch.SVDConfig(rank=0.5), example_inputs=X, calib_data=calib())
 
 
-def test_closed_loop_that_cannot_meet_the_target_returns_the_closest_model(monkeypatch):
-    """When the measured result stays above the target and the corrected goal falls below the cheapest choice,
-    the cheapest choice is tried once, and the attempt measured closest is returned with a warning."""
+def test_closed_loop_far_from_the_target_refuses_and_names_the_best_figure(monkeypatch):
+    """When the measured result stays far above the target and the corrected goal falls below the cheapest
+    choice, the cheapest choice is tried once; no model that only chased the target is returned: the error
+    names the best figure reached."""
     real = closed_loop_mod._achieved
-    monkeypatch.setattr(closed_loop_mod, "_achieved", lambda report, *a: real(report, *a) + 0.5)  # never satisfied
+    seen = []
+
+    def never(report, *a):  # never satisfied
+        seen.append(real(report, *a) + 0.5)
+        return seen[-1]
+
+    monkeypatch.setattr(closed_loop_mod, "_achieved", never)
+    cfg = AutoConfig("macs=0.35", **{**FAST, "cache": False})
+    with pytest.raises(TargetUnreachableError, match=r"'macs=0.35'\) cannot be met") as err:
+        factorch.compress(tiny_net(), cfg, example_inputs=X, calib_data=calib())
+    assert len(seen) == 3 and f"reached macs x{min(seen):.3f}" in str(err.value)
+    assert "max_accuracy_drop" in str(err.value)
+    assert isinstance(err.value, ValueError)
+
+
+def test_closed_loop_a_little_over_the_target_returns_the_closest_with_a_warning(monkeypatch):
+    monkeypatch.setattr(closed_loop_mod, "_achieved", lambda report, *a: 0.36)  # 3 % over, whatever is built
     cfg = AutoConfig("macs=0.35", **{**FAST, "cache": False})
     out, report = factorch.compress(tiny_net(), cfg, example_inputs=X, calib_data=calib())
-    attempts = report.totals["attempts"]
-    search = search_mod.AutoSearch(tiny_net(), cfg, (X,), calib(), None)
-    floor = search.floor(*search.reference_total())  # costs only: no scoring needed
-    assert len(attempts) == 3 and attempts[-1]["fraction"] == pytest.approx(floor * 1.01)
-    assert all(a["fraction"] >= floor for a in attempts)
-    best = min(a["achieved"] for a in attempts)
-    assert report.totals["macs_ratio"] + 0.5 == pytest.approx(best) == attempts[-1]["achieved"]
-    assert "above the target" in " ".join(report.totals["warnings"])
+    assert report.totals["target_met"] is False and "above the target" in " ".join(report.totals["warnings"])
     assert out(X).shape == (1, 5)
+
+
+@pytest.mark.parametrize("allowed, returned", [(1.0, True), (0.1, False)])
+def test_closed_loop_missing_the_target_returns_the_lowest_within_the_accuracy_floor(monkeypatch, allowed, returned):
+    real = closed_loop_mod._achieved
+    monkeypatch.setattr(closed_loop_mod, "_achieved", lambda report, *a: real(report, *a) + 0.5)
+    reference = tiny_net()
+
+    def eval_fn(m):  # the model as given scores 90; every compressed model 89.5
+        return 90.0 if m is reference else 89.5
+
+    cfg = AutoConfig("macs=0.35", max_accuracy_drop=allowed, **{**FAST, "cache": False})
+    if not returned:
+        with pytest.raises(TargetUnreachableError, match="none kept the accuracy drop within 0.1"):
+            factorch.compress(reference, cfg, example_inputs=X, calib_data=calib(), eval_fn=eval_fn)
+        return
+    out, report = factorch.compress(reference, cfg, example_inputs=X, calib_data=calib(), eval_fn=eval_fn)
+    achieved = [a["achieved"] for a in report.totals["attempts"]]
+    assert report.totals["target_met"] is False and "target missed" in " ".join(report.totals["warnings"])
+    assert report.totals["macs_ratio"] + 0.5 == pytest.approx(min(achieved))
+    assert report.totals["accuracy_drop"] == pytest.approx(0.5)
 
 
 def test_closed_loop_relaxes_a_result_far_below_the_target(monkeypatch):
