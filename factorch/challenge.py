@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 
 from factorch.api import compress
+from factorch.auto.closed_loop import TargetUnreachableError
 from factorch.auto.config import AutoConfig
 from factorch.complexity import resolve_rules, score
 from factorch.io import load, save
@@ -272,8 +273,8 @@ def _one_try(dense, train, val, calib, inputs, target, index, out, settings, rul
     cfg = AutoConfig(f"score={target:.6g}", rules=rules, methods=settings["methods"], **options)
     try:
         small, _ = compress(dense, cfg, example_inputs=inputs, calib_data=calib)
-    except ValueError as err:
-        if "out of reach" not in str(err):
+    except ValueError as err:  # up front ("out of reach"), or after building (TargetUnreachableError)
+        if "out of reach" not in str(err) and not isinstance(err, TargetUnreachableError):
             raise
         return Try(target, "unreachable", note=str(err).split(" (")[0])
     small = finetune(small, train, teacher=dense, epochs=settings["epochs_per_try"], seed=settings["seed"],
