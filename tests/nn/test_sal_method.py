@@ -114,3 +114,22 @@ def test_shifted_sal_model_exports_to_onnx_with_the_same_outputs(tmp_path):
     got = session.run(None, {session.get_inputs()[0].name: X[:2].numpy()})[0]
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(got), out(X[:2]), rtol=1e-4, atol=1e-5)
+
+
+def test_shipped_sal_resnet20_keeps_one_weight_per_slice_and_its_shift_form_is_exact():
+    model = factorch.models.create_model("sal_resnet20", pretrained=True).double()
+    layers = [m for m in model.modules() if isinstance(m, ShiftAttentionConv2d)]
+    assert len(layers) == 18
+    for m in layers:
+        assert m.hardness == 1.0
+        w = m.effective_weight().detach().flatten(2)
+        assert ((w != 0).sum(-1) <= 1).all()
+    dense_convs = sum(m.conv.weight.numel() for m in layers)
+    kept = sum(int((m.effective_weight() != 0).sum()) for m in layers)
+    assert kept <= dense_convs // 9
+    fast = to_shift_model(model)
+    x = torch.randn(3, 1, 28, 28, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), model(x), rtol=0, atol=1e-10)
+    card = factorch.models.model_card("sal_resnet20")
+    assert card["test_accuracy"] >= 93.0 and card["keep"] == 1
