@@ -144,6 +144,22 @@ def write(out: dict) -> None:
             f"{r['latency_b64_ms']:.2f} | {r['runtime']} | {r['bytes']:,} | {r['score_effdl']:.4f} | "
             f"{r.get('note', '')} |"
         )
+    if "sal_layers" in out:
+        lines += [
+            "",
+            "## sal_resnet20: each layer's shift + 1x1 form against the dense 3x3 conv it replaces",
+            "",
+            "Paired, alternated calls (`factorch.compare_latency`); ratio < 1: the shift form is faster.",
+            "",
+            "| layer | in -> out | input | shifted channels | ratio b1 | ratio b64 |",
+            "|---|---|---|---:|---:|---:|",
+        ]
+        for r in out["sal_layers"]["rows"]:
+            shape = "x".join(map(str, r["input"]))
+            lines.append(
+                f"| {r['layer']} | {r['in']} -> {r['out']} | {shape} | {r['shifted_channels']} | "
+                f"{r['shift_vs_dense_b1']:.2f} | {r['shift_vs_dense_b64']:.2f} |"
+            )
     (RESULTS / "zoo.md").write_text("\n".join(lines) + "\n")
     plot(out)
 
@@ -173,6 +189,40 @@ def plot(out: dict) -> None:
     plt.close(fig)
 
 
+def sal_layers(threads: int) -> list[dict]:
+    """Each Shift Attention Layer of the shipped ``sal_resnet20``: its executed shift + 1x1 form timed against
+    the dense 3x3 conv it replaces (paired, alternated calls, batch 1 and 64, on its own input size)."""
+    model = create_model("sal_resnet20", pretrained=True)
+    inputs: dict[str, torch.Tensor] = {}
+
+    def keep_input(name: str):
+        def hook(module, args, output) -> None:
+            inputs.setdefault(name, args[0][:1].detach())
+
+        return hook
+
+    hooks = [m.register_forward_hook(keep_input(n)) for n, m in model.named_modules()
+             if isinstance(m, ShiftAttentionConv2d)]  # fmt: skip
+    with torch.no_grad():
+        model(X)
+    for h in hooks:
+        h.remove()
+    rows = []
+    for name, m in model.named_modules():
+        if not isinstance(m, ShiftAttentionConv2d):
+            continue
+        dense = nn.Conv2d(m.conv.in_channels, m.conv.out_channels, m.conv.kernel_size, m.conv.stride,
+                          m.conv.padding, bias=m.conv.bias is not None)  # fmt: skip
+        fast = m.to_shift()
+        cmp = factorch.compare_latency(dense.eval(), fast.eval(), inputs[name], threads=threads, repeats=30)
+        ratio = {r.batch_size: r.ratio for r in cmp.results}
+        rows.append({"layer": name, "in": m.conv.in_channels, "out": m.conv.out_channels,
+                     "input": list(inputs[name].shape[1:]), "shifted_channels": fast.shifted_channels,
+                     "shift_vs_dense_b1": round(ratio[1], 3), "shift_vs_dense_b64": round(ratio[64], 3)})  # fmt: skip
+        print(f"   {json.dumps(rows[-1])}", flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="all", help="registry models (comma-separated) or 'all' or 'none'")
@@ -180,6 +230,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1, help="distillation epochs of the forms that train")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--force", action="store_true", help="re-measure rows already measured at this commit")
+    parser.add_argument("--sal-layers", action=argparse.BooleanOptionalAction, default=True,
+                        help="time each SAL layer's shift form against its dense conv")  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     path = RESULTS / "zoo.json"
@@ -217,6 +269,11 @@ def main() -> None:
             return record
 
         run(name, registry_row)
+
+    if args.sal_layers and weights_path("sal_resnet20").is_file():
+        print("-- sal_resnet20 layers: shift + 1x1 against the dense 3x3 conv", flush=True)
+        out["sal_layers"] = {"commit": out["setup"]["commit"], "rows": sal_layers(args.threads)}
+        write(out)
 
     if args.forms != "none":
         train = fashion_mnist("train")
