@@ -4,8 +4,14 @@ XNOR-Net (Rastegari et al. 2016).
 The real-valued weights are kept (:attr:`BinaryLayer.layer`) and updated by training; the forward pass uses
 their signs (``+1`` for ``w >= 0``), the gradient passes straight through where ``|w| <= 1`` (BinaryConnect's
 clipped estimator). ``"bwn"`` scales each output filter by ``alpha = mean |W|``; ``"xnor"`` binarises the
-inputs too and rescales the output by ``beta``: the mean of ``|x|`` over the input channels, averaged over
+inputs too and rescales the output by ``beta``: the mean of ``|x - t|`` over the input channels, averaged over
 each kernel window (XNOR-Net's ``K``), per output position. Stored at 1 bit per weight plus the scales.
+
+XNOR-Net binarises the output of a BatchNorm (its block is BN -> sign -> conv), which is centred on zero. In
+the conv -> BN -> ReLU networks users bring, a layer's input is a ReLU output, never negative, and ``sign(x)``
+is the constant ``+1``: measured on vgg, the network fell to chance (9.89 %). So ``"xnor"`` binarises
+``x - t`` with a learned threshold ``t`` per input channel (ReActNet's RSign, Liu et al. 2020), started at
+the channel's mean over the first batch it sees; ``t = 0`` is the paper's layer.
 """
 
 from __future__ import annotations
@@ -62,6 +68,9 @@ class BinaryLayer(MaskedDenseLayer, nn.Module):
         channels = spec.out_channels if isinstance(spec, ConvSpec) else spec.out_features
         # alpha as stored by a packed save (NaN: computed from the real weights, as in training)
         self.register_buffer("stored_alpha", torch.full((channels,), math.nan, device=layer.weight.device))
+        if mode == "xnor":  # the binarisation threshold per input channel (NaN: set from the first batch)
+            inputs = spec.in_channels if isinstance(spec, ConvSpec) else spec.in_features
+            self.input_shift = nn.Parameter(torch.full((inputs,), math.nan, device=layer.weight.device))
 
     @property
     def ranks(self) -> tuple[int, ...]:
@@ -98,10 +107,13 @@ class BinaryLayer(MaskedDenseLayer, nn.Module):
 
     @classmethod
     def option_cost(cls, spec: Spec, ranks: tuple[int, ...] = (1,), input_size=None, **options) -> Cost:
-        """1 bit per weight; biases in float32; one float32 ``alpha`` per output filter (``bwn``, ``xnor``)."""
+        """1 bit per weight; biases in float32; one float32 ``alpha`` per output filter (``bwn``, ``xnor``) and
+        one float32 input threshold per input channel (``xnor``)."""
         dense = spec.dense(device="meta")
         weights, biases, channels = cls._counts(spec)
         scales = 0 if options.get("mode", "bwn") == "binaryconnect" else channels
+        if options.get("mode", "bwn") == "xnor":  # and one float32 threshold per input channel
+            scales += spec.in_channels if isinstance(spec, ConvSpec) else spec.in_features
         macs = meta_macs(dense, default_input_shape(spec, input_size), spec.torch_dtype)
         params = count_params(dense)
         return Cost(
@@ -158,9 +170,18 @@ class BinaryLayer(MaskedDenseLayer, nn.Module):
         fn = F.conv1d if x.dim() == 3 else F.conv2d
         return fn(a, k, None, conv.stride, conv.padding, conv.dilation)
 
+    def _centred(self, x: Tensor) -> Tensor:
+        """``x - t``, the threshold ``t`` per input channel (set to the channel's mean on the first batch)."""
+        if torch.isnan(self.input_shift).any():
+            with torch.no_grad():
+                dims = [d for d in range(x.dim()) if d != 1]
+                self.input_shift.copy_(x.detach().mean(dim=dims))
+        return x - self.input_shift.view(1, -1, *[1] * (x.dim() - 2))
+
     def forward(self, x: Tensor) -> Tensor:
         w = self.binary_weight()
         if self.mode == "xnor":
+            x = self._centred(x)
             beta = self._beta(x.detach())
             xb = binarize(x)
             out = F.linear(xb, w) if isinstance(self.spec, LinearSpec) else self.layer._conv_forward(xb, w, None)

@@ -11,6 +11,7 @@ from torch import nn
 
 import factorch
 from factorch.layers import BinaryLayer
+from factorch.layers.binary import binarize
 
 
 def signs(w):
@@ -46,7 +47,12 @@ def test_binary_layer_computes_the_papers_formulas(kind, mode, cin, cout, k, str
     else:
         op = F.conv1d if kind == "conv1d" else F.conv2d
         fn = lambda inp, weight, bias_: op(inp, weight, bias_, stride, k // 2)  # noqa: E731
-    if mode == "xnor":  # binary inputs, times beta: mean |x| over channels, box-averaged per kernel window
+    got = layer(x)
+    if mode == "xnor":  # binary inputs, times beta: mean |x| over channels, box-averaged per kernel window,
+        # x centred by the per-channel threshold, set to the channel's mean on the first batch (0: the paper's)
+        dims = [d for d in range(x.dim()) if d != 1]
+        torch.testing.assert_close(layer.input_shift.detach(), x.mean(dim=dims))
+        x = x - x.mean(dim=dims, keepdim=True)
         a = x.abs().mean(1, keepdim=True)
         if kind == "linear":
             beta = a
@@ -58,9 +64,23 @@ def test_binary_layer_computes_the_papers_formulas(kind, mode, cin, cout, k, str
             expected = expected + (b if kind == "linear" else b.view(1, -1, *[1] * (x.dim() - 2)))
     else:
         expected = fn(x, wb, b)
-    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     if mode != "xnor":
         torch.testing.assert_close(layer.to_dense()(x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_xnor_after_a_relu_keeps_the_input_pattern_and_learns_its_threshold():
+    """A ReLU output is never negative: binarised around 0 it would be the constant +1 (and the network falls
+    to chance); around the learned per-channel threshold it keeps which inputs are large."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 3, 3, padding=1)
+    layer = BinaryLayer.from_dense(conv, mode="xnor")
+    x = torch.relu(torch.randn(8, 4, 6, 6))
+    signs_seen = binarize(layer._centred(x)).detach()
+    assert (signs_seen == 1).any() and (signs_seen == -1).any()
+    assert torch.equal(signs_seen == 1, x > x.mean(dim=(0, 2, 3), keepdim=True))  # above the channel's mean
+    layer(x).sum().backward()
+    assert layer.input_shift.grad is not None and layer.input_shift.grad.abs().sum() > 0
 
 
 def test_gradients_pass_straight_through_inside_the_clip():
@@ -85,8 +105,9 @@ def test_binary_storage_is_one_bit_per_weight_and_loads_bit_exactly(tmp_path):
         kinds = [type(m).__name__ for m in b]
         assert kinds[0] == "Conv2d" and kinds[2] == "BinaryLayer" and kinds[-1] == "Linear"  # edges real-valued
         row = next(r for r in report.layers if r.name == "4")
-        # 1 bit per weight, float32 biases, one float32 alpha per filter
-        assert row.size_after == math.ceil((32 * 32 * 9 + 32 * 32 + (0 if mode == "binaryconnect" else 32 * 32)) / 8)
+        # 1 bit per weight, float32 biases, one float32 alpha per filter (and one threshold per input, xnor)
+        scales = {"binaryconnect": 0, "bwn": 32, "xnor": 32 + 32}[mode]
+        assert row.size_after == math.ceil((32 * 32 * 9 + 32 * 32 + scales * 32) / 8)
         factorch.save(b, tmp_path / mode)
         back = factorch.load(tmp_path / mode, base_model=net())
         torch.testing.assert_close(back(x), b(x), rtol=0, atol=0)
