@@ -169,6 +169,7 @@ def plot(out: dict) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     rows = {k: r for k, r in out["rows"].items() if r.get("accuracy") is not None and "error" not in r}
     if not rows:
@@ -180,6 +181,7 @@ def plot(out: dict) -> None:
             ax.scatter(r[key], r["accuracy"], marker=marker)
             ax.annotate(name, (r[key], r["accuracy"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel(label)
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)
