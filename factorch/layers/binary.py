@@ -11,7 +11,7 @@ XNOR-Net binarises the output of a BatchNorm (its block is BN -> sign -> conv), 
 the conv -> BN -> ReLU networks users bring, a layer's input is a ReLU output, never negative, and ``sign(x)``
 is the constant ``+1``: measured on vgg, the network fell to chance (9.89 %). So ``"xnor"`` binarises
 ``x - t`` with a learned threshold ``t`` per input channel (ReActNet's RSign, Liu et al. 2020), started at
-the channel's mean over the first batch it sees; ``t = 0`` is the paper's layer.
+the channel's mean over the first training batch; ``t = 0`` is the paper's layer.
 """
 
 from __future__ import annotations
@@ -171,12 +171,16 @@ class BinaryLayer(MaskedDenseLayer, nn.Module):
         return fn(a, k, None, conv.stride, conv.padding, conv.dilation)
 
     def _centred(self, x: Tensor) -> Tensor:
-        """``x - t``, the threshold ``t`` per input channel (set to the channel's mean on the first batch)."""
-        if torch.isnan(self.input_shift).any():
+        """``x - t``, the threshold ``t`` per input channel: set to the channel's mean on the first training
+        batch (not on an example input profiled in eval mode, e.g. a zero image); 0 until then."""
+        shift = self.input_shift
+        if torch.isnan(shift).any():
+            if not self.training:
+                return x
             with torch.no_grad():
                 dims = [d for d in range(x.dim()) if d != 1]
-                self.input_shift.copy_(x.detach().mean(dim=dims))
-        return x - self.input_shift.view(1, -1, *[1] * (x.dim() - 2))
+                shift.copy_(x.detach().mean(dim=dims))
+        return x - shift.view(1, -1, *[1] * (x.dim() - 2))
 
     def forward(self, x: Tensor) -> Tensor:
         w = self.binary_weight()

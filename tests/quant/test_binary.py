@@ -83,6 +83,15 @@ def test_xnor_after_a_relu_keeps_the_input_pattern_and_learns_its_threshold():
     assert layer.input_shift.grad is not None and layer.input_shift.grad.abs().sum() > 0
 
 
+def test_xnor_thresholds_are_not_set_by_an_example_input_profiled_in_eval_mode():
+    """compress profiles the example input (often a zero image) in eval mode: the thresholds wait for training."""
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 3))
+    b, _ = factorch.compress(model, factorch.BinaryConfig(mode="xnor"), example_inputs=torch.zeros(1, 1, 9, 9))
+    assert torch.isnan(b[2].input_shift).all()
+    b.train()(torch.randn(4, 1, 9, 9))
+    assert not torch.isnan(b[2].input_shift).any()
+
+
 def test_gradients_pass_straight_through_inside_the_clip():
     lin = nn.Linear(3, 1, bias=False)
     with torch.no_grad():
@@ -108,8 +117,10 @@ def test_binary_storage_is_one_bit_per_weight_and_loads_bit_exactly(tmp_path):
         # 1 bit per weight, float32 biases, one float32 alpha per filter (and one threshold per input, xnor)
         scales = {"binaryconnect": 0, "bwn": 32, "xnor": 32 + 32}[mode]
         assert row.size_after == math.ceil((32 * 32 * 9 + 32 * 32 + scales * 32) / 8)
+        b.train()(x)  # a training batch: xnor's input thresholds are set from it
+        b.eval()
         factorch.save(b, tmp_path / mode)
-        back = factorch.load(tmp_path / mode, base_model=net())
+        back = factorch.load(tmp_path / mode, base_model=net()).eval()
         torch.testing.assert_close(back(x), b(x), rtol=0, atol=0)
     with pytest.raises(ValueError, match="BinaryConfig"):
         factorch.BinaryConfig(mode="ternary")
