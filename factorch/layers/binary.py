@@ -68,7 +68,7 @@ class BinaryLayer(MaskedDenseLayer, nn.Module):
         channels = spec.out_channels if isinstance(spec, ConvSpec) else spec.out_features
         # alpha as stored by a packed save (NaN: computed from the real weights, as in training)
         self.register_buffer("stored_alpha", torch.full((channels,), math.nan, device=layer.weight.device))
-        if mode == "xnor":  # the binarisation threshold per input channel (NaN: set from the first batch)
+        if mode == "xnor":  # the binarisation threshold per input channel (NaN: set by the first training batch)
             inputs = spec.in_channels if isinstance(spec, ConvSpec) else spec.in_features
             self.input_shift = nn.Parameter(torch.full((inputs,), math.nan, device=layer.weight.device))
 
