@@ -12,6 +12,7 @@ kernel), fine-tunes with distillation from ``resnet20`` while each layer's atten
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import shlex
 import sys
@@ -23,6 +24,7 @@ import torch
 from factorch.data import fashion_mnist
 from factorch.models import create_model
 from factorch.models._resolve import MODEL_JSON, WEIGHTS, architecture_spec
+from factorch.models.resnet import _with_sal
 from factorch.nn import ShiftAttentionConv2d
 from factorch.train import evaluate, finetune
 
@@ -36,19 +38,8 @@ def main(argv: list[str]) -> None:
         torch.set_num_threads(args.threads)
     name = "sal_resnet20" if args.keep == 1 else f"sal{args.keep}_resnet20"
     teacher = create_model("resnet20", pretrained=True).eval()
-    student = create_model(name) if args.keep <= 2 else create_model("sal_resnet20", keep=args.keep)
-    # the dense weights, each block conv's kernel going into its SAL layer's conv
-    state = {}
-    sal_prefixes = {n + "." for n, m in student.named_modules() if isinstance(m, ShiftAttentionConv2d)}
-    for key, value in teacher.state_dict().items():
-        prefix = key.rsplit(".", 1)[0] + "."
-        state[prefix + "conv." + key.rsplit(".", 1)[1] if prefix in sal_prefixes else key] = value
-    missing, unexpected = student.load_state_dict(state, strict=False)
-    assert not unexpected and all(k.endswith((".attention", ".progress")) for k in missing), (missing, unexpected)
-    for m in student.modules():
-        if isinstance(m, ShiftAttentionConv2d):
-            m.ramp = args.ramp
-            m.reset_attention()
+    # the registry model's layout, built from the trained convs (each SAL layer starts from its kernel)
+    student = _with_sal(copy.deepcopy(teacher).train(), args.keep, args.ramp)
     out, start, history = Path(args.out), time.perf_counter(), []
     tuned = distill(student, teacher, args, history)
     for m in tuned.modules():

@@ -100,11 +100,12 @@ def resnet110(*, num_classes: int = 10, in_channels: int = 1) -> nn.Module:
     return CifarResNet(110, num_classes=num_classes, in_channels=in_channels)
 
 
-def _with_sal(model: CifarResNet, keep: int) -> CifarResNet:
-    """Every 3x3 conv of the residual blocks as a Shift Attention Layer (the stem conv stays dense)."""
+def _with_sal(model: CifarResNet, keep: int, ramp: float = 0.75) -> CifarResNet:
+    """Every 3x3 conv of the residual blocks as a Shift Attention Layer started from its kernel (the stem conv
+    stays dense); ``model`` is modified and returned."""
     for block in (b for stage in (model.layer1, model.layer2, model.layer3) for b in stage):
-        block.conv1 = ShiftAttentionConv2d.from_conv(block.conv1, keep=keep)
-        block.conv2 = ShiftAttentionConv2d.from_conv(block.conv2, keep=keep)
+        block.conv1 = ShiftAttentionConv2d.from_conv(block.conv1, keep=keep, ramp=ramp)
+        block.conv2 = ShiftAttentionConv2d.from_conv(block.conv2, keep=keep, ramp=ramp)
     return model
 
 

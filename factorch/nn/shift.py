@@ -30,6 +30,8 @@ The attention starts at ``|w| / mean |w|`` of each slice, so the first choice is
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -273,8 +275,6 @@ class ShiftAttentionConv2d(nn.Module):
 def to_shift_model(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     """``model`` with every :class:`ShiftAttentionConv2d` replaced by its executed shift + 1x1 form
     (:meth:`ShiftAttentionConv2d.to_shift`; the outputs are those of the binarised layers)."""
-    import copy
-
     work = model if inplace else copy.deepcopy(model)
     for module in list(work.modules()):
         for child_name, child in list(module.named_children()):
