@@ -27,15 +27,18 @@ Run from the repository root::
 
     .venv/bin/python benchmarks/quantization.py [--models vgg,resnet20] [--rows ptq,onnx,peers]
 
-Writes ``benchmarks/results/quantization.{json,md}`` after every row, stamped with the commit.
+Writes ``benchmarks/results/quantization.{json,md}`` after every row, stamped with the commit and the thread
+count; each row is merged into the file under a lock, so runs of different rows may go side by side.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import fcntl
 import json
 import multiprocessing
+import os
 import platform
 import statistics
 import tempfile
@@ -128,12 +131,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     test, train = fashion_mnist("test"), fashion_mnist("train")
     calib = DataLoader(calibration_subset(fashion_mnist("train", augment=False), 512), batch_size=128)
-    path = RESULTS / "quantization.json"
-    out = json.loads(path.read_text()) if path.is_file() else {"models": {}}
-    out["setup"] = {
+    out = read_results()
+    setup = {
         "commit": commit(),
         "torch": torch.__version__,
-        "threads": args.threads,
         "platform": platform.platform(),
         "calibration": "512 training images (seeded subset), no labels",
     }
@@ -190,7 +191,7 @@ def main() -> None:
             if args.row_filter not in row:
                 continue
             kept = res["rows"].get(row, {})
-            if kept.get("commit") == out["setup"]["commit"] and not args.force:
+            if kept.get("commit") == setup["commit"] and not args.force:
                 print(f"   {row}: kept", flush=True)
                 continue
             print(f"-- {name} {row}", flush=True)
@@ -201,10 +202,10 @@ def main() -> None:
                     record["drop"] = round(res["dense_accuracy"] - record["accuracy"], 2)
             except Exception as err:  # noqa: BLE001 - a tool that cannot run a case is a result, with its error
                 record = {"error": f"{type(err).__name__}: {err}"[:300], "trace": traceback.format_exc()[-800:]}
-            record.update(time_s=round(time.perf_counter() - t0, 1), commit=out["setup"]["commit"])
+            record.update(time_s=round(time.perf_counter() - t0, 1), commit=setup["commit"], threads=args.threads)
             res["rows"][row] = record
             print(f"   {json.dumps({k: v for k, v in record.items() if k != 'trace'})}", flush=True)
-            write(out)
+            save_row(setup, name, res["dense_accuracy"], row, record)
 
 
 def ptq(dense: nn.Module, calib, observer: str, acc) -> dict:
@@ -314,24 +315,48 @@ def torchao_row(dense: nn.Module, acc) -> dict:
     return {"accuracy": acc(model), "note": "torchao quantizes the Linear layers only"}
 
 
-def write(out: dict) -> None:
+def read_results() -> dict:
+    path = RESULTS / "quantization.json"
+    return json.loads(path.read_text()) if path.is_file() else {"models": {}}
+
+
+def save_row(setup: dict, name: str, dense_accuracy: float, row: str, record: dict) -> None:
+    """Merges one row into the results file as it is on disk now (another run may have written other rows
+    since this one started), under an exclusive lock, and rewrites both files atomically."""
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "quantization.json").write_text(json.dumps(out, indent=2) + "\n")
+    with open(RESULTS / ".quantization.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        out = read_results()
+        out["setup"] = setup
+        out["models"].setdefault(name, {"dense_accuracy": dense_accuracy, "rows": {}})["rows"][row] = record
+        write(out)
+
+
+def write(out: dict) -> None:
+    for suffix, text in (("json", json.dumps(out, indent=2) + "\n"), ("md", markdown(out))):
+        tmp = RESULTS / f".quantization.{suffix}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, RESULTS / f"quantization.{suffix}")
+
+
+def markdown(out: dict) -> str:
     s = out["setup"]
     lines = [
         "# quantization: factorch vs ONNX Runtime's quantize_static vs torch.ao",
         "",
-        f"commit {s['commit']}, torch {s['torch']}, {s['threads']} threads, {s['platform']}. Calibration: "
+        f"Last run at commit {s['commit']}, torch {s['torch']}, {s['platform']}; each row names its commit and "
+        f"threads. Calibration: "
         f"{s['calibration']}. Test accuracy measured once per row. Latency: ONNX Runtime CPU, medians of 20 "
         "alternated calls in fresh processes, the median ratio over runs (min-max in brackets); ratios against the "
         "float32 ONNX model and against the dense eager torch model.",
         "",
     ]
+    old_threads = "-"  # rows written before the thread count was kept per row
     for name, res in out["models"].items():
         lines += [
             f"## {name} (dense {res['dense_accuracy']:.2f} %)",
             "",
-            "| row | accuracy % | drop | size x | int8/float ONNX b1 | b64 | int8/eager b1 | b64 | commit |",
+            "| row | accuracy % | drop | size x | int8/float ONNX b1 | b64 | int8/eager b1 | b64 | commit, threads |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for row, r in res["rows"].items():
@@ -349,10 +374,11 @@ def write(out: dict) -> None:
             lines.append(
                 f"| {row} | {r['accuracy']:.2f} | {r['drop']:+.2f} | {f('size_ratio')} | "
                 f"{f('int8_vs_float_onnx_b1')} | {f('int8_vs_float_onnx_b64')}{spread('int8_vs_float_onnx_b64')} | "
-                f"{f('int8_vs_eager_b1')} | {f('int8_vs_eager_b64')}{spread('int8_vs_eager_b64')} | {r['commit']} |"
+                f"{f('int8_vs_eager_b1')} | {f('int8_vs_eager_b64')}{spread('int8_vs_eager_b64')} | {r['commit']}, "
+                f"{r.get('threads', old_threads)} |"
             )
         lines.append("")
-    (RESULTS / "quantization.md").write_text("\n".join(lines))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
