@@ -1,7 +1,8 @@
-"""Maintainer script: train the shipped ``sal_resnet20`` / ``sal2_resnet20`` weights.
+"""Maintainer script: train the shipped ``sal_resnet20`` / ``sal2_resnet20`` / ``shift_resnet20`` weights.
 
     python scripts/train_sal.py --keep 1 --epochs 8 --threads 1 --out runs/sal_resnet20
     python scripts/ship_pretrained.py runs/sal_resnet20 sal_resnet20
+    python scripts/train_sal.py --position-groups 1 --epochs 8 --threads 1 --out runs/shift_resnet20
 
 Starts from the shipped ``resnet20`` (every block conv becomes a Shift Attention Layer initialised from its
 kernel), fine-tunes with distillation from ``resnet20`` while each layer's attention schedule moves it to
@@ -33,13 +34,18 @@ def main(argv: list[str]) -> None:
     p = parser(__doc__, epochs=8, lr=0.02)
     p.add_argument("--keep", type=int, default=1)
     p.add_argument("--ramp", type=float, default=0.75)
+    p.add_argument("--position-groups", type=int, default=None, help="1: shift_resnet20 (with --keep 1)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    name = "sal_resnet20" if args.keep == 1 else f"sal{args.keep}_resnet20"
+    if args.position_groups not in (None, 1) or (args.position_groups == 1 and args.keep != 1):
+        p.error("the registry has sal_resnet20, sal2_resnet20 (--keep 2) and shift_resnet20 (--position-groups 1)")
+    name = {None: "sal_resnet20" if args.keep == 1 else f"sal{args.keep}_resnet20", 1: "shift_resnet20"}[
+        args.position_groups
+    ]
     teacher = create_model("resnet20", pretrained=True).eval()
     # the registry model's layout, built from the trained convs (each SAL layer starts from its kernel)
-    student = _with_sal(copy.deepcopy(teacher).train(), args.keep, args.ramp)
+    student = _with_sal(copy.deepcopy(teacher).train(), args.keep, args.ramp, args.position_groups)
     out, start, history = Path(args.out), time.perf_counter(), []
     tuned = distill(student, teacher, args, history)
     for m in tuned.modules():

@@ -28,13 +28,15 @@ class SALConv2d(MaskedDenseLayer, ShiftAttentionConv2d):
     rank_names = ("keep",)
     exact_at_full_rank = True
 
-    def __init__(self, spec: ConvSpec, keep: int = 1, ramp: float = 0.75) -> None:
+    def __init__(self, spec: ConvSpec, keep: int = 1, ramp: float = 0.75, position_groups: int | None = None) -> None:
         ShiftAttentionConv2d.__init__(
             self, spec.in_channels, spec.out_channels, spec.kernel_size, spec.stride, spec.padding, spec.bias,
-            keep=keep, ramp=ramp,
+            keep=keep, ramp=ramp, position_groups=position_groups,
         )  # fmt: skip
         self.spec = spec
         self.options = {"ramp": ramp}
+        if position_groups is not None:  # absent from the specs of layers saved before the option existed
+            self.options["position_groups"] = position_groups
 
     @property
     def layer(self) -> nn.Conv2d:  # MaskedDenseLayer's name for the dense layer
@@ -60,6 +62,9 @@ class SALConv2d(MaskedDenseLayer, ShiftAttentionConv2d):
             raise NotFactorizable(f"sal: padding={spec.padding!r} (numeric padding only)")
         if math.prod(spec.kernel_size) == 1:
             raise NotFactorizable("sal: a 1x1 conv has one weight per kernel slice already")
+        groups = options.get("position_groups")
+        if groups is not None and spec.out_channels % groups:
+            raise NotFactorizable(f"sal: position_groups={groups} does not divide out_channels={spec.out_channels}")
 
     @classmethod
     def max_ranks(cls, spec: ConvSpec, options: dict) -> tuple[int, ...]:
@@ -73,9 +78,12 @@ class SALConv2d(MaskedDenseLayer, ShiftAttentionConv2d):
         macs = meta_macs(dense, default_input_shape(spec, input_size), spec.torch_dtype)
         weights = spec.out_channels * spec.in_channels * keep
         params = weights + spec.out_channels * spec.bias
-        # each kept weight's position in its slice: ceil(log2(k*k)) bits (what the executed shift form needs)
+        # each kept position: ceil(log2(k*k)) bits (what the executed shift form needs), one per kept weight, or
+        # one per (group, input channel, kept weight) when the groups of outputs share them
+        groups = options.get("position_groups") or spec.out_channels
+        positions = groups * spec.in_channels * keep
         return Cost(params, params, weight_bits=32, macs=macs * keep // kk,
-                    index_bits=weights * max(1, math.ceil(math.log2(kk))) if keep < kk else 0)  # fmt: skip
+                    index_bits=positions * max(1, math.ceil(math.log2(kk))) if keep < kk else 0)  # fmt: skip
 
     @classmethod
     def worth_it(cls, before: Cost, after: Cost) -> str | None:
@@ -93,7 +101,9 @@ class SALConv2d(MaskedDenseLayer, ShiftAttentionConv2d):
 
     @classmethod
     def build(cls, spec: ConvSpec, ranks: tuple[int, ...] = (1,), device=None, **options) -> SALConv2d:
-        return cls(spec, ranks[0], options.get("ramp", 0.75)).to(device=device, dtype=spec.torch_dtype)
+        return cls(spec, ranks[0], options.get("ramp", 0.75), options.get("position_groups")).to(
+            device=device, dtype=spec.torch_dtype
+        )
 
     @classmethod
     def from_dense(cls, layer: nn.Module, rank=1, *, decompose_weights: bool = True, input_size=None, **options):

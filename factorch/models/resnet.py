@@ -100,12 +100,15 @@ def resnet110(*, num_classes: int = 10, in_channels: int = 1) -> nn.Module:
     return CifarResNet(110, num_classes=num_classes, in_channels=in_channels)
 
 
-def _with_sal(model: CifarResNet, keep: int, ramp: float = 0.75) -> CifarResNet:
+def _with_sal(model: CifarResNet, keep: int, ramp: float = 0.75, position_groups: int | None = None) -> CifarResNet:
     """Every 3x3 conv of the residual blocks as a Shift Attention Layer started from its kernel (the stem conv
     stays dense); ``model`` is modified and returned."""
     for block in (b for stage in (model.layer1, model.layer2, model.layer3) for b in stage):
-        block.conv1 = ShiftAttentionConv2d.from_conv(block.conv1, keep=keep, ramp=ramp)
-        block.conv2 = ShiftAttentionConv2d.from_conv(block.conv2, keep=keep, ramp=ramp)
+        for name in ("conv1", "conv2"):
+            sal = ShiftAttentionConv2d.from_conv(
+                getattr(block, name), keep=keep, ramp=ramp, position_groups=position_groups
+            )
+            setattr(block, name, sal)
     return model
 
 
@@ -114,6 +117,15 @@ def sal_resnet20(*, num_classes: int = 10, in_channels: int = 1, keep: int = 1) 
     """ResNet-20 whose block convs are Shift Attention Layers keeping ``keep`` weights per kernel slice (the
     shipped weights: fine-tuned from ``resnet20`` through ``SALConfig``, binarised)."""
     return _with_sal(CifarResNet(20, num_classes=num_classes, in_channels=in_channels), keep)
+
+
+@register_model
+def shift_resnet20(*, num_classes: int = 10, in_channels: int = 1) -> nn.Module:
+    """``sal_resnet20`` whose layers share their kept position per input channel across all outputs
+    (``position_groups=1``): each block conv runs as a learned shift of every input channel and a 1x1 conv,
+    1/9 of the 3x3 conv's MACs (the shipped weights: fine-tuned from ``resnet20`` through
+    ``SALConfig(position_groups=1)``, binarised)."""
+    return _with_sal(CifarResNet(20, num_classes=num_classes, in_channels=in_channels), 1, position_groups=1)
 
 
 @register_model

@@ -7,7 +7,9 @@
 * :class:`ShiftAttentionConv2d` (SAL, Hacene et al. 2019, arXiv 1905.12300): a ``k x k`` conv whose every
   ``(output, input)`` kernel slice learns an attention over its ``k*k`` positions; training ends with the
   attention binarised, so exactly ``keep`` weights per slice remain (1: SAL, 2: SAL2), and
-  :meth:`ShiftAttentionConv2d.to_shift` rewrites the layer as shift + 1x1 conv.
+  :meth:`ShiftAttentionConv2d.to_shift` rewrites the layer as shift + 1x1 conv. With ``position_groups=G``
+  the outputs form ``G`` contiguous groups that share their kept positions per input channel (factorch's
+  extension, for speed on CPUs: see below).
 
 The shift runs grouped by offset: the padded input is sliced once per offset used (a strided view, one slice
 per group of channels sharing that offset) and the slices concatenated; no one-hot depthwise convolution.
@@ -26,6 +28,15 @@ fraction of training: ``lambda = 1 - (1 - min(1, progress / ramp))^3``; the rest
 weights to the binarised layer. ``progress`` is set by ``factorch.finetune`` before every step through
 :meth:`set_training_progress` (so a resumed run follows the same schedule); :meth:`binarize` sets it to 1.
 The attention starts at ``|w| / mean |w|`` of each slice, so the first choice is the largest weight.
+
+Speed of the executed form. With a position per ``(output, input)`` slice (the paper's layer), the outputs
+use nearly every ``(input, position)`` pair between them, so the 1x1 conv reads about ``k*k * in`` shifted
+channels: as many multiply-adds as the dense conv (most of them by zero), and on a CPU's dense kernels it runs
+slower than the ``k x k`` conv it replaces (measured in ``benchmarks/zoo.py``); its gain is on hardware that
+skips the zeros. ``position_groups=G`` shares the positions within ``G`` groups of outputs, so at most
+``G * keep * in`` shifted channels exist; ``G=1`` is a learned shift per input channel (as Active Shift,
+Jeon & Kim 2018, but with a discrete position), ``1/(k*k)`` of the dense MACs, run as one gather and a 1x1
+conv. The attention of a group is one ``(in, k*k)`` table, its gradient summed over the group's outputs.
 """
 
 from __future__ import annotations
@@ -167,17 +178,20 @@ class ShiftAttentionConv2d(nn.Module):
             ``k // 2``; zero padding, no dilation, no groups).
         keep: weights kept per kernel slice after binarisation (1: SAL; 2: SAL2).
         ramp: fraction of training over which the layer moves from the dense conv to the binarised one.
+        position_groups: ``None`` (the paper's layer): each ``(output, input)`` slice has its own positions;
+            ``G`` (dividing ``out_channels``): the outputs form ``G`` contiguous groups sharing their positions
+            per input channel (``1``: one learned shift per input channel, the fastest executed form).
 
     Attributes:
         conv: the underlying conv; its weight holds the real-valued weights.
-        attention: ``(out, in, k*k)`` logits.
+        attention: ``(G, in, k*k)`` logits (``G = out_channels`` when ``position_groups`` is ``None``).
         progress: training progress in ``[0, 1]`` (a buffer, saved with the model).
     """
 
     def __init__(
         self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int] = 3,
         stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] | None = None, bias: bool = True, *,
-        keep: int = 1, ramp: float = 0.75,
+        keep: int = 1, ramp: float = 0.75, position_groups: int | None = None,
     ) -> None:  # fmt: skip
         super().__init__()
         ks = _pair(kernel_size)
@@ -186,15 +200,26 @@ class ShiftAttentionConv2d(nn.Module):
             raise ValueError(f"ShiftAttentionConv2d: keep must be an int in [1, {kk}] (kernel {ks}), got {keep!r}")
         if not 0.0 < ramp <= 1.0:
             raise ValueError(f"ShiftAttentionConv2d: ramp must be in (0, 1], got {ramp!r}")
+        if position_groups is not None and (
+            isinstance(position_groups, bool) or not isinstance(position_groups, int) or position_groups < 1
+            or out_channels % position_groups
+        ):  # fmt: skip
+            raise ValueError(
+                f"ShiftAttentionConv2d: position_groups must be None or a positive int dividing out_channels "
+                f"({out_channels}), got {position_groups!r}"
+            )
         pad = _pair(ks[0] // 2 if padding is None else padding)
         self.conv = nn.Conv2d(in_channels, out_channels, ks, stride, pad, bias=bias)
-        self.keep, self.ramp = keep, float(ramp)
-        self.attention = nn.Parameter(torch.zeros(out_channels, in_channels, kk))
+        self.keep, self.ramp, self.position_groups = keep, float(ramp), position_groups
+        groups = out_channels if position_groups is None else position_groups
+        self.attention = nn.Parameter(torch.zeros(groups, in_channels, kk))
         self.register_buffer("progress", torch.zeros(()))
         self.reset_attention()
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d, *, keep: int = 1, ramp: float = 0.75) -> ShiftAttentionConv2d:
+    def from_conv(
+        cls, conv: nn.Conv2d, *, keep: int = 1, ramp: float = 0.75, position_groups: int | None = None
+    ) -> ShiftAttentionConv2d:
         """A SAL layer starting from a trained conv (its weights copied; the conv is left untouched)."""
         if conv.groups != 1 or conv.dilation != (1, 1) or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
             raise ValueError(
@@ -203,7 +228,8 @@ class ShiftAttentionConv2d(nn.Module):
                 f"padding_mode={conv.padding_mode!r}"
             )
         new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                  conv.bias is not None, keep=keep, ramp=ramp).to(conv.weight)  # fmt: skip
+                  conv.bias is not None, keep=keep, ramp=ramp,
+                  position_groups=position_groups).to(conv.weight)  # fmt: skip
         with torch.no_grad():
             new.conv.load_state_dict(conv.state_dict())
         new.reset_attention()
@@ -211,9 +237,16 @@ class ShiftAttentionConv2d(nn.Module):
 
     @torch.no_grad()
     def reset_attention(self) -> None:
-        """Attention logits ``|w| / mean |w|`` per slice: the largest weights are chosen first."""
+        """Attention logits ``|w| / mean |w|`` per slice (with ``position_groups``: ``|w|`` averaged over the
+        group's outputs first): the largest weights are chosen first."""
         w = self.conv.weight.detach().abs().flatten(2)
+        w = w.view(self.attention.shape[0], -1, *w.shape[1:]).mean(dim=1)
         self.attention.copy_(w / w.mean(dim=-1, keepdim=True).clamp_min(1e-12))
+
+    def _per_output(self, t: Tensor) -> Tensor:
+        """A ``(G, in, k*k)`` table of the groups as the ``(out, in, k*k)`` one of every output."""
+        out = self.conv.out_channels
+        return t if t.shape[0] == out else t.repeat_interleave(out // t.shape[0], dim=0)
 
     # -- the schedule ---------------------------------------------------------------------------------------
     def set_training_progress(self, fraction: float) -> None:
@@ -232,9 +265,10 @@ class ShiftAttentionConv2d(nn.Module):
         return 1.0 - (1.0 - t) ** 3
 
     def hard_mask(self) -> Tensor:
-        """1 at the ``keep`` positions of largest attention of each slice (ties: the lowest position)."""
+        """``(out, in, k*k)``: 1 at the ``keep`` positions of largest attention of each slice (ties: the lowest
+        position)."""
         top = torch.argsort(-self.attention.detach(), dim=-1, stable=True)[..., : self.keep]
-        return torch.zeros_like(self.attention).scatter_(-1, top, 1.0)
+        return self._per_output(torch.zeros_like(self.attention).scatter_(-1, top, 1.0))
 
     def mask(self) -> Tensor:
         lam = self.hardness
@@ -242,7 +276,7 @@ class ShiftAttentionConv2d(nn.Module):
         mask = hard if lam >= 1.0 else (1.0 - lam) + lam * hard
         if self.attention.requires_grad and torch.is_grad_enabled():
             soft = torch.softmax(self.attention, dim=-1)
-            mask = mask + (soft - soft.detach())
+            mask = mask + self._per_output(soft - soft.detach())
         return mask
 
     def effective_weight(self) -> Tensor:
@@ -255,7 +289,8 @@ class ShiftAttentionConv2d(nn.Module):
     @torch.no_grad()
     def to_shift(self) -> ShiftConv2d:
         """The binarised layer as shift + 1x1 conv: one shifted copy per (input channel, position) some output
-        uses, the 1x1 conv holding each kept weight at its copy (zero elsewhere)."""
+        uses (at most ``G * keep`` per input channel with ``position_groups=G``), the 1x1 conv holding each kept
+        weight at its copy (zero elsewhere)."""
         hard = self.hard_mask().bool()
         used = hard.any(dim=0)  # (in, k*k)
         sources, positions = used.nonzero(as_tuple=True)
@@ -269,7 +304,8 @@ class ShiftAttentionConv2d(nn.Module):
         return fast
 
     def extra_repr(self) -> str:
-        return f"keep={self.keep}, ramp={self.ramp}, progress={float(self.progress):.3f}"
+        groups = "" if self.position_groups is None else f", position_groups={self.position_groups}"
+        return f"keep={self.keep}, ramp={self.ramp}{groups}, progress={float(self.progress):.3f}"
 
 
 def to_shift_model(model: nn.Module, *, inplace: bool = False) -> nn.Module:

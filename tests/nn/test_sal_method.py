@@ -79,9 +79,39 @@ def test_option_cost_counts_keep_weights_per_slice_and_their_positions():
     assert two.params == 8 * 6 * 2 + 8 and two.macs == 2 * cost.macs
 
 
+def test_position_groups_through_compress_save_load_and_the_shift_form(tmp_path):
+    torch.manual_seed(0)
+    model = Small().eval()
+    out, report = factorch.compress(model, SALConfig(position_groups=2), example_inputs=X[:1])
+    assert out.body.attention.shape == (2, 6, 9) and out.body.options["position_groups"] == 2
+    # stored: 48 weights + 8 biases at 32 bits, and a 4-bit position per (group, input channel), not per weight
+    (body,) = [r for r in report.to_dict()["layers"] if r["name"] == "body"]
+    assert body["size_after"] == (48 + 8) * 4 + 2 * 6 * math.ceil(math.log2(9)) // 8
+    with torch.no_grad():
+        out.body.attention.normal_()
+    out.body.binarize()
+    factorch.save(out, tmp_path / "m")
+    back = factorch.load(tmp_path / "m", base_model=Small())
+    assert back.body.position_groups == 2
+    with torch.no_grad():
+        assert torch.equal(back(X), out(X))
+    fast = to_shift_model(out.double())
+    assert fast.body.shifted_channels <= 2 * 6
+    with torch.no_grad():
+        torch.testing.assert_close(fast(X.double()), out(X.double()), rtol=0, atol=1e-10)
+    # a layer whose out_channels the groups do not divide is skipped, with the reason
+    kept, report = factorch.compress(model, factorch.Plan({"body": SALConfig(position_groups=3)}),
+                                     example_inputs=X[:1])  # fmt: skip
+    assert type(kept.body) is nn.Conv2d
+    (body,) = [r for r in report.to_dict()["layers"] if r["name"] == "body"]
+    assert body["skipped"] == "sal: position_groups=3 does not divide out_channels=8"
+
+
 @pytest.mark.parametrize(
-    "kwargs, message", [({"keep": 0}, "keep"), ({"keep": 1.5}, "keep"), ({"ramp": 0.0}, "ramp"), ({"ramp": 2}, "ramp")]
-)
+    "kwargs, message",
+    [({"keep": 0}, "keep"), ({"keep": 1.5}, "keep"), ({"ramp": 0.0}, "ramp"), ({"ramp": 2}, "ramp"),
+     ({"position_groups": 0}, "position_groups"), ({"position_groups": True}, "position_groups")],
+)  # fmt: skip
 def test_bad_config_is_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SALConfig(**kwargs)

@@ -62,6 +62,41 @@ def test_sal_starts_dense_ends_with_keep_weights_per_slice_and_its_shift_form_is
     torch.testing.assert_close(fast(x), sal(x), rtol=1e-10, atol=1e-10)
 
 
+@SETTINGS
+@given(**conv_shapes, keep=st.integers(1, 2), data=st.data())
+def test_position_groups_share_positions_within_each_group_of_outputs(cin, cout, k, stride, hw, keep, data):
+    keep = min(keep, k * k)
+    groups = data.draw(st.sampled_from([g for g in range(1, cout + 1) if cout % g == 0]))
+    conv = nn.Conv2d(cin, cout, k, stride, k // 2).double()
+    sal = ShiftAttentionConv2d.from_conv(conv, keep=keep, position_groups=groups)
+    assert sal.attention.shape == (groups, cin, k * k)
+    x = torch.randn(2, cin, hw, hw, dtype=torch.float64)
+    torch.testing.assert_close(sal(x), conv(x), rtol=1e-12, atol=1e-12)  # progress 0: the dense conv
+    sal.binarize()
+    hard = sal.hard_mask()
+    assert hard.shape == (cout, cin, k * k) and (hard.sum(-1) == keep).all()
+    per_group = hard.view(groups, cout // groups, cin, k * k)
+    assert (per_group == per_group[:, :1]).all()  # every output of a group keeps the same positions
+    # the group's first choice: the largest |w| averaged over the group's outputs
+    mean_w = conv.weight.detach().abs().flatten(2).view(groups, cout // groups, cin, k * k).mean(1)
+    assert per_group[:, 0].gather(-1, mean_w.argmax(-1, keepdim=True)).eq(1).all()
+    fast = sal.to_shift()
+    assert fast.shifted_channels <= cin * min(k * k, groups * keep)
+    w = sal.effective_weight().detach()
+    torch.testing.assert_close(fast(x), F.conv2d(x, w, conv.bias, stride, k // 2), rtol=1e-10, atol=1e-10)
+
+
+def test_position_groups_one_is_a_learned_shift_with_one_shifted_copy_per_input_channel():
+    torch.manual_seed(0)
+    sal = ShiftAttentionConv2d(8, 12, 3, position_groups=1)
+    sal.attention.data.normal_()
+    sal(torch.randn(2, 8, 6, 6)).square().sum().backward()  # the group's gradient: summed over its outputs
+    assert sal.attention.grad.shape == (1, 8, 9) and sal.attention.grad.abs().sum() > 0
+    fast = sal.binarize().to_shift()
+    assert fast.shifted_channels == 8 and sorted(fast.sources.tolist()) == list(range(8))
+    assert "position_groups=1" in repr(sal)
+
+
 def test_schedule_is_cubic_over_the_ramp():
     sal = ShiftAttentionConv2d(2, 2, keep=1, ramp=0.5)
     values = []
@@ -99,6 +134,8 @@ def test_finetune_drives_the_schedule_to_the_binarised_layer():
         (lambda: ShiftAttentionConv2d(2, 2, 3, keep=10), "keep must be an int in \\[1, 9\\]"),
         (lambda: ShiftAttentionConv2d(2, 2, 3, ramp=0.0), "ramp"),
         (lambda: ShiftAttentionConv2d.from_conv(nn.Conv2d(4, 4, 3, groups=2)), "groups=2"),
+        (lambda: ShiftAttentionConv2d(2, 6, 3, position_groups=4), "position_groups must be None or a positive int"),
+        (lambda: ShiftAttentionConv2d(2, 6, 3, position_groups=0), "dividing out_channels \\(6\\)"),
         (lambda: ShiftConv2d(2, 2, 3, sources=torch.tensor([2]), positions=torch.tensor([0])), "sources"),
         (lambda: ShiftConv2d(2, 2, 3, sources=torch.tensor([0]), positions=torch.tensor([9])), "positions"),
     ],
