@@ -144,17 +144,18 @@ def write(out: dict) -> None:
             f"{r['latency_b64_ms']:.2f} | {r['runtime']} | {r['bytes']:,} | {r['score_effdl']:.4f} | "
             f"{r.get('note', '')} |"
         )
-    if "sal_layers" in out:
+    for model_name, timing in out.get("sal_layers", {}).items():
         lines += [
             "",
-            "## sal_resnet20: each layer's shift + 1x1 form against the dense 3x3 conv it replaces",
+            f"## {model_name}: each layer's shift + 1x1 form against the dense 3x3 conv it replaces",
             "",
-            "Paired, alternated calls (`factorch.compare_latency`); ratio < 1: the shift form is faster.",
+            f"Commit {timing['commit']}. Paired, alternated calls (`factorch.compare_latency`); ratio < 1: the shift "
+            "form is faster.",
             "",
             "| layer | in -> out | input | shifted channels | ratio b1 | ratio b64 |",
             "|---|---|---|---:|---:|---:|",
         ]
-        for r in out["sal_layers"]["rows"]:
+        for r in timing["rows"]:
             shape = "x".join(map(str, r["input"]))
             lines.append(
                 f"| {r['layer']} | {r['in']} -> {r['out']} | {shape} | {r['shifted_channels']} | "
@@ -191,10 +192,13 @@ def plot(out: dict) -> None:
     plt.close(fig)
 
 
-def sal_layers(threads: int) -> list[dict]:
-    """Each Shift Attention Layer of the shipped ``sal_resnet20``: its executed shift + 1x1 form timed against
-    the dense 3x3 conv it replaces (paired, alternated calls, batch 1 and 64, on its own input size)."""
-    model = create_model("sal_resnet20", pretrained=True)
+SAL_MODELS = ("sal_resnet20", "shift_resnet20")  # per-slice positions; one position per input channel
+
+
+def sal_layers(model_name: str, threads: int) -> list[dict]:
+    """Each Shift Attention Layer of a shipped SAL model: its executed shift + 1x1 form timed against the dense
+    3x3 conv it replaces (paired, alternated calls, batch 1 and 64, on its own input size)."""
+    model = create_model(model_name, pretrained=True)
     inputs: dict[str, torch.Tensor] = {}
 
     def keep_input(name: str):
@@ -272,9 +276,14 @@ def main() -> None:
 
         run(name, registry_row)
 
-    if args.sal_layers and weights_path("sal_resnet20").is_file():
-        print("-- sal_resnet20 layers: shift + 1x1 against the dense 3x3 conv", flush=True)
-        out["sal_layers"] = {"commit": out["setup"]["commit"], "rows": sal_layers(args.threads)}
+    if "rows" in out.get("sal_layers", {}):  # written before the timing was kept per model
+        out["sal_layers"] = {"sal_resnet20": out["sal_layers"]}
+    for model_name in SAL_MODELS if args.sal_layers else ():
+        if not weights_path(model_name).is_file():
+            continue
+        print(f"-- {model_name} layers: shift + 1x1 against the dense 3x3 conv", flush=True)
+        rows = sal_layers(model_name, args.threads)
+        out.setdefault("sal_layers", {})[model_name] = {"commit": out["setup"]["commit"], "rows": rows}
         write(out)
 
     if args.forms != "none":
