@@ -2,7 +2,8 @@
 
     python scripts/ship_pretrained.py runs/resnet20 resnet20
 
-Stores the state dict in float16 (half the size), re-evaluates the float16 weights on the test set, and
+Stores the state dict in float16 (half the size; the attention of binarised Shift Attention Layers first set to
+its 0/1 choice, which float16 keeps exactly), re-evaluates the float16 weights on the test set, and
 writes factorch/models/weights/NAME.{pt,json}; the card keeps the training command, seed, epochs and wall
 time, and records the accuracy of exactly the weights that ship.
 """
@@ -17,6 +18,7 @@ import torch
 
 from factorch.data import fashion_mnist
 from factorch.models import create_model, weights_path
+from factorch.nn import ShiftAttentionConv2d
 from factorch.train import evaluate
 
 
@@ -24,6 +26,13 @@ def main(run_dir: str, name: str) -> None:
     run = Path(run_dir)
     card = json.loads((run / "card.json").read_text())
     state = torch.load(run / "weights.pt", weights_only=True)
+    trained = create_model(name)
+    trained.load_state_dict(state)
+    if any(isinstance(m, ShiftAttentionConv2d) for m in trained.modules()):
+        for m in trained.modules():
+            if isinstance(m, ShiftAttentionConv2d):
+                m.settle_attention()
+        state = trained.state_dict()
     half = {k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}
     dest = weights_path(name)
     dest.parent.mkdir(parents=True, exist_ok=True)

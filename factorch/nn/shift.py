@@ -258,6 +258,18 @@ class ShiftAttentionConv2d(nn.Module):
         self.progress.fill_(1.0)
         return self
 
+    @torch.no_grad()
+    def settle_attention(self) -> ShiftAttentionConv2d:
+        """Set the logits of a binarised layer to its hard choice (1 at the kept positions, 0 elsewhere), so the
+        choice survives low-precision storage: float16 rounding can tie close logits and move a kept position
+        (with ``position_groups=1`` that moves a whole input channel's shift). The layer computes the same; a
+        later fine-tuning starts its attention from the choice."""
+        if self.hardness < 1.0:
+            raise ValueError("settle_attention: the layer is not binarised yet (call binarize() or train to the end)")
+        top = torch.argsort(-self.attention, dim=-1, stable=True)[..., : self.keep]
+        self.attention.copy_(torch.zeros_like(self.attention).scatter_(-1, top, 1.0))
+        return self
+
     @property
     def hardness(self) -> float:
         """``lambda``: 0 = the dense conv, 1 = the binarised layer."""

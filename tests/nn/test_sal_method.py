@@ -163,3 +163,17 @@ def test_shipped_sal_resnet20_keeps_one_weight_per_slice_and_its_shift_form_is_e
         torch.testing.assert_close(fast(x), model(x), rtol=0, atol=1e-10)
     card = factorch.models.model_card("sal_resnet20")
     assert card["test_accuracy"] >= 93.0 and card["keep"] == 1
+
+
+def test_shipped_shift_resnet20_runs_as_one_learned_shift_per_input_channel():
+    model = factorch.models.create_model("shift_resnet20", pretrained=True).double()
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, ShiftAttentionConv2d)}
+    assert len(layers) == 18 and all(m.position_groups == 1 and m.hardness == 1.0 for m in layers.values())
+    fast = to_shift_model(model)
+    for name, m in layers.items():  # one shifted copy per input channel: a 1x1 conv of the layer's own width
+        assert fast.get_submodule(name).shifted_channels == m.conv.in_channels
+    x = torch.randn(3, 1, 28, 28, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), model(x), rtol=0, atol=1e-10)
+    card = factorch.models.model_card("shift_resnet20")
+    assert card["test_accuracy"] >= 91.9 and card["position_groups"] == 1

@@ -97,6 +97,24 @@ def test_position_groups_one_is_a_learned_shift_with_one_shifted_copy_per_input_
     assert "position_groups=1" in repr(sal)
 
 
+@pytest.mark.parametrize("groups", [None, 1])
+def test_settled_attention_keeps_the_choice_through_float16(groups):
+    torch.manual_seed(0)
+    sal = ShiftAttentionConv2d(6, 4, 3, keep=2, position_groups=groups)
+    with pytest.raises(ValueError, match="not binarised"):
+        sal.settle_attention()
+    with torch.no_grad():  # logits that float16 rounds to ties: the choice would move to the lowest position
+        sal.attention.copy_(1.0 + 1e-4 * torch.rand_like(sal.attention))
+    sal.binarize()
+    x = torch.randn(2, 6, 7, 7)
+    before, hard = sal(x), sal.hard_mask()
+    assert not torch.equal(sal.attention.half().float().argsort(-1), sal.attention.argsort(-1))
+    sal.settle_attention()
+    assert torch.equal(sal.hard_mask(), hard) and torch.equal(sal(x), before)
+    sal.attention.data = sal.attention.data.half().float()
+    assert torch.equal(sal.hard_mask(), hard)
+
+
 def test_schedule_is_cubic_over_the_ramp():
     sal = ShiftAttentionConv2d(2, 2, keep=1, ramp=0.5)
     values = []
