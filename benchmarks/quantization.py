@@ -16,6 +16,9 @@ at the end of each row:
   latency at batch 1 and 64 against the float32 ONNX model and the dense eager float32 model, medians of
   paired, alternated calls in ``--latency-runs`` fresh processes (the median ratio and its spread over the runs);
   accuracy of each int8 model as run by ONNX Runtime.
+* ``calib``: the run-to-run spread of int8 accuracy: ``factorch.export_onnx(int8=True)`` and ``quantize_static``
+  (defaults) each calibrated on ``--calib-seeds`` different seeded subsets of 512 training images, accuracy
+  as run by ONNX Runtime (mean, and min-max in brackets).
 * ``qat``: 4-bit weights and activations (LSQ step sizes from ``--qat-observer`` ranges), ``--qat-epochs``
   epochs of distillation from the float model (SGD + cosine from ``--qat-lr``, augmented training set);
   ``--qat-edge-bits 8`` keeps the first conv and the classifier at 8 bits, as LSQ and PACT report W4A4.
@@ -126,6 +129,7 @@ def main() -> None:
     parser.add_argument("--binary-epochs", type=int, default=5)
     parser.add_argument("--binary-modes", default="bwn,xnor,binaryconnect")
     parser.add_argument("--fact-epochs", type=int, default=1, help="distillation epochs of the factorized model")
+    parser.add_argument("--calib-seeds", type=int, default=5, help="calibration subsets of the calib rows")
     parser.add_argument("--latency-runs", type=int, default=3, help="fresh processes timing the ONNX models")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -184,6 +188,16 @@ def main() -> None:
 
             for key in ONNX_ROWS:
                 plan.append((key, lambda k=key: onnx_part(k)))
+        if "calib" in rows:
+            shared_calib: dict = {}
+
+            def calib_part(key: str) -> dict:
+                if not shared_calib:
+                    shared_calib.update(calibration_spread(dense, test, args.calib_seeds))
+                return shared_calib[key]
+
+            for key in CALIB_ROWS:
+                plan.append((key, lambda k=key: calib_part(k)))
         if "peers" in rows:
             plan.append(("torch.ao.quantization (eager, fbgemm)", lambda: torch_ao(dense, calib, acc)))
             plan.append(("torchao quantize_ (int8 weights + activations)", lambda: torchao_row(dense, acc)))
@@ -294,6 +308,41 @@ def onnx_rows(dense: nn.Module, name: str, calib, test, train, args) -> dict[str
         return rows
 
 
+CALIB_ROWS = (
+    "int8 ONNX Runtime (factorch.export_onnx), over calibration subsets",
+    "int8 ONNX Runtime quantize_static (defaults), over calibration subsets",
+)
+
+
+def calibration_spread(dense: nn.Module, test, seeds: int) -> dict[str, dict]:
+    """Accuracy of both int8 exports calibrated on ``seeds`` seeded subsets of 512 training images."""
+    from onnxruntime.quantization import CalibrationDataReader, quantize_static
+
+    found: dict[str, list[float]] = {key: [] for key in CALIB_ROWS}
+    for seed in range(seeds):
+        calib = DataLoader(calibration_subset(fashion_mnist("train", augment=False), 512, seed=seed), batch_size=128)
+
+        class Reader(CalibrationDataReader):
+            def __init__(self, calib=calib) -> None:
+                self.batches = iter([{"x0": x.numpy()} for x, _ in calib])
+
+            def get_next(self):
+                return next(self.batches, None)
+
+        with tempfile.TemporaryDirectory() as tmp:
+            ours = factorch.export_onnx(dense, Path(tmp) / "i8.onnx", X, int8=True, calib_data=calib)
+            plain = factorch.export_onnx(dense, Path(tmp) / "plain.onnx", X, fold_bn=False)
+            theirs = Path(tmp) / "ort.onnx"
+            quantize_static(str(plain), str(theirs), Reader())
+            for key, path in zip(CALIB_ROWS, (ours, theirs), strict=True):
+                found[key].append(ort_accuracy(path, test))
+        print(f"   seed {seed}: {[v[-1] for v in found.values()]}", flush=True)
+    return {
+        key: {"accuracy": round(statistics.mean(v), 2), "accuracy_spread": [min(v), max(v)], "accuracies": v}
+        for key, v in found.items()
+    }
+
+
 def torch_ao(dense: nn.Module, calib, acc) -> dict:
     import torch.ao.quantization as tq  # deprecated in favour of torchao; eager mode needs QuantStubs
 
@@ -371,8 +420,10 @@ def markdown(out: dict) -> str:
                 lo_hi = r.get(key + "_spread")
                 return f" ({lo_hi[0]:.3f}-{lo_hi[1]:.3f})" if lo_hi else ""
 
+            acc_spread = r.get("accuracy_spread")
+            acc_spread = f" ({acc_spread[0]:.2f}-{acc_spread[1]:.2f})" if acc_spread else ""
             lines.append(
-                f"| {row} | {r['accuracy']:.2f} | {r['drop']:+.2f} | {f('size_ratio')} | "
+                f"| {row} | {r['accuracy']:.2f}{acc_spread} | {r['drop']:+.2f} | {f('size_ratio')} | "
                 f"{f('int8_vs_float_onnx_b1')} | {f('int8_vs_float_onnx_b64')}{spread('int8_vs_float_onnx_b64')} | "
                 f"{f('int8_vs_eager_b1')} | {f('int8_vs_eager_b64')}{spread('int8_vs_eager_b64')} | {r['commit']}, "
                 f"{r.get('threads', old_threads)} |"
