@@ -242,6 +242,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     path = RESULTS / "zoo.json"
     out = json.loads(path.read_text()) if path.is_file() else {"rows": {}}
+    if "rows" in out.get("sal_layers", {}):  # written before the timing was kept per model
+        out["sal_layers"] = {"sal_resnet20": out["sal_layers"]}
     out["setup"] = {"commit": commit(), "torch": torch.__version__, "threads": args.threads,
                     "platform": platform.platform(), "epochs": args.epochs}  # fmt: skip
     test = fashion_mnist("test")
@@ -276,8 +278,6 @@ def main() -> None:
 
         run(name, registry_row)
 
-    if "rows" in out.get("sal_layers", {}):  # written before the timing was kept per model
-        out["sal_layers"] = {"sal_resnet20": out["sal_layers"]}
     for model_name in SAL_MODELS if args.sal_layers else ():
         if not weights_path(model_name).is_file():
             continue
