@@ -35,8 +35,8 @@ channels: as many multiply-adds as the dense conv (most of them by zero), and on
 slower than the ``k x k`` conv it replaces (measured in ``benchmarks/zoo.py``); its gain is on hardware that
 skips the zeros. ``position_groups=G`` shares the positions within ``G`` groups of outputs, so at most
 ``G * keep * in`` shifted channels exist; ``G=1`` is a learned shift per input channel (as Active Shift,
-Jeon & Kim 2018, but with a discrete position), ``1/(k*k)`` of the dense MACs, run as one gather and a 1x1
-conv. The attention of a group is one ``(in, k*k)`` table, its gradient summed over the group's outputs.
+Jeon & Kim 2018, but with a discrete position): one shifted copy per input channel and a 1x1 conv,
+``1/(k*k)`` of the dense MACs. The attention of a group is one ``(in, k*k)`` table, its gradient summed over the group's outputs.
 """
 
 from __future__ import annotations
