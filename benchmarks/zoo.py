@@ -90,7 +90,9 @@ def forms(dense: nn.Module, calib, train, epochs: int) -> dict[str, tuple[Callab
     """``{form: (build, trains, pack)}``: the compressed forms factorch makes of a reference model."""
 
     def compress(config, **kw) -> nn.Module:
-        return factorch.compress(dense, config, example_inputs=X, calib_data=calib, **kw)[0]
+        # calib_data only where something reads it (compress refuses data it would ignore)
+        uses = getattr(config, "uses_calib_data", True) or kw.get("calibrate")
+        return factorch.compress(dense, config, example_inputs=X, calib_data=calib if uses else None, **kw)[0]
 
     return {
         "factorized (auto macs=0.33)": (lambda: compress(factorch.AutoConfig("macs=0.33")), True, False),
