@@ -416,7 +416,10 @@ class MaskedDenseLayer(CompressedLayer):
     def operand_bits(self) -> tuple[float, float]:
         """Bits of the weight and of the activation that each multiplication of this layer reads (what
         ``factorch.score`` charges): the float values it computes with, unless the layer quantizes them."""
-        bits = torch.finfo(self.layer.weight.dtype).bits
+        weight = self.layer.weight
+        if weight is None:  # a layer that derives its weight (e.g. shared weights: centroids[codes])
+            weight = self.effective_weight()
+        bits = torch.finfo(weight.dtype).bits
         return float(bits), float(bits)
 
     def to_dense(self) -> nn.Module:

@@ -36,7 +36,8 @@ slower than the ``k x k`` conv it replaces (measured in ``benchmarks/zoo.py``); 
 skips the zeros. ``position_groups=G`` shares the positions within ``G`` groups of outputs, so at most
 ``G * keep * in`` shifted channels exist; ``G=1`` is a learned shift per input channel (as Active Shift,
 Jeon & Kim 2018, but with a discrete position): one shifted copy per input channel and a 1x1 conv,
-``1/(k*k)`` of the dense MACs. The attention of a group is one ``(in, k*k)`` table, its gradient summed over the group's outputs.
+``1/(k*k)`` of the dense MACs. The attention of a group is one ``(in, k*k)`` table, its gradient summed over
+the group's outputs.
 """
 
 from __future__ import annotations

@@ -144,3 +144,17 @@ def test_cli_scores_a_registry_model(capsys):
     assert main(["score", "lenet5", "--rules", "micronet-cifar100", "--no-free-16bit", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["free_16bit"] is False and out["params"] == expected.total_params
+
+
+def test_shared_weight_layers_charge_their_codes_and_codebook_and_decoded_float_multiplies():
+    """A k-means layer has no stored weight tensor (its weight is centroids[codes]): the score reads it anyway."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                      nn.Flatten(), nn.Linear(8 * 6 * 6, 3))  # fmt: skip
+    x = torch.randn(1, 1, 6, 6)
+    k, _ = factorch.compress(m, factorch.KMeansConfig(bits=4), example_inputs=x)
+    (row,) = [r for r in factorch.score(k, x).to_dict()["layers"] if r["name"] == "2"]
+    assert row["weight_bits"] == 4 and row["act_bits"] == 32
+    # 576 four-bit codes, 16 float32 centroids, 8 float32 biases, in 32-bit units
+    assert row["param_term"] == (576 * 4 + 16 * 32 + 8 * 32) / 32
+    assert row["mults"] == row["op_term"] == 8 * 8 * 9 * 36  # multiplies by the decoded float32 weights
