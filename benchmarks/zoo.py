@@ -52,9 +52,11 @@ def folder_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def stored_params(model: nn.Module) -> int:
-    """Values a deployment stores: non-zero parameters (a pruned weight's zeros are not stored)."""
-    return int(sum(int((p != 0).sum()) for p in model.parameters()))
+def stored_params(score) -> int:
+    """Values a deployment stores, from ``factorch.score``'s per-layer table: each layer's non-zero weights and
+    biases (a pruned weight's zeros are not stored; a shared-weight layer's codes count one value each, its
+    buffers included, which ``model.parameters()`` would miss)."""
+    return int(sum(r["nonzeros"] for r in score.to_dict()["layers"]))
 
 
 def costs(model: nn.Module, threads: int, *, pack: bool = False, onnx_int8: Callable | None = None) -> dict:
@@ -76,7 +78,7 @@ def costs(model: nn.Module, threads: int, *, pack: bool = False, onnx_int8: Call
             runtime = "torch"
     by_batch = {r.batch_size: r.median_s for r in lat.results}
     return {
-        "params": stored_params(model),
+        "params": stored_params(score),
         "macs": prof.total_macs,
         "latency_b1_ms": round(by_batch[1] * 1e3, 3),
         "latency_b64_ms": round(by_batch[64] * 1e3, 2),
