@@ -237,6 +237,23 @@ def trained(dense: nn.Module, cfg, calib, train, epochs: int, acc, key: str, lr:
             "bits_per_weight": report.totals["bits_per_weight"]}  # fmt: skip
 
 
+def ort_quantize_static(dense: nn.Module, folder: Path, calib) -> Path:
+    """What ONNX Runtime's docs show: the plain exported model (BatchNorms unfolded) through ``quantize_static``
+    with its default settings, calibrated on ``calib``."""
+    from onnxruntime.quantization import CalibrationDataReader, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{"x0": x.numpy()} for x, _ in calib])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    plain = factorch.export_onnx(dense, folder / "plain.onnx", X, fold_bn=False)
+    quantize_static(str(plain), str(folder / "ort.onnx"), Reader())
+    return folder / "ort.onnx"
+
+
 FACTORCH_INT8 = "int8 ONNX Runtime (factorch.export_onnx)"
 ORT_DEFAULTS = "int8 ONNX Runtime quantize_static (defaults)"
 # The factorized models exported to int8. ONNX Runtime's fast int8 convolution (MLAS's symmetric "indirect" kernel)
@@ -260,15 +277,6 @@ def onnx_rows(dense: nn.Module, name: str, calib, test, train, args) -> dict[str
     ``--fact-epochs`` epochs of distillation each). Latency: all of them
     with the float32 ONNX model and the dense eager model, paired, in ``--latency-runs`` fresh processes;
     each ratio is the median over runs and its spread (min, max) is kept."""
-    from onnxruntime.quantization import CalibrationDataReader, quantize_static
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = iter([{"x0": x.numpy()} for x, _ in calib])
-
-        def get_next(self):
-            return next(self.batches, None)
-
     facts = {}
     for method in FACT_METHODS:
         t0 = time.perf_counter()
@@ -285,9 +293,7 @@ def onnx_rows(dense: nn.Module, name: str, calib, test, train, args) -> dict[str
     with tempfile.TemporaryDirectory() as tmp:
         f32 = factorch.export_onnx(dense, Path(tmp) / "f32.onnx", X)
         ours = factorch.export_onnx(dense, Path(tmp) / "i8.onnx", X, int8=True, calib_data=calib)
-        plain = factorch.export_onnx(dense, Path(tmp) / "plain.onnx", X, fold_bn=False)
-        theirs = Path(tmp) / "ort.onnx"
-        quantize_static(str(plain), str(theirs), Reader())
+        theirs = ort_quantize_static(dense, Path(tmp), calib)
         files = [f32, ours, theirs] + [
             factorch.export_onnx(facts[m][0], Path(tmp) / f"fact{k}-i8.onnx", X, int8=True, calib_data=calib)
             for k, m in enumerate(FACT_METHODS)
@@ -316,24 +322,12 @@ CALIB_ROWS = (
 
 def calibration_spread(dense: nn.Module, test, seeds: int) -> dict[str, dict]:
     """Accuracy of both int8 exports calibrated on ``seeds`` seeded subsets of 512 training images."""
-    from onnxruntime.quantization import CalibrationDataReader, quantize_static
-
     found: dict[str, list[float]] = {key: [] for key in CALIB_ROWS}
     for seed in range(seeds):
         calib = DataLoader(calibration_subset(fashion_mnist("train", augment=False), 512, seed=seed), batch_size=128)
-
-        class Reader(CalibrationDataReader):
-            def __init__(self, calib=calib) -> None:
-                self.batches = iter([{"x0": x.numpy()} for x, _ in calib])
-
-            def get_next(self):
-                return next(self.batches, None)
-
         with tempfile.TemporaryDirectory() as tmp:
             ours = factorch.export_onnx(dense, Path(tmp) / "i8.onnx", X, int8=True, calib_data=calib)
-            plain = factorch.export_onnx(dense, Path(tmp) / "plain.onnx", X, fold_bn=False)
-            theirs = Path(tmp) / "ort.onnx"
-            quantize_static(str(plain), str(theirs), Reader())
+            theirs = ort_quantize_static(dense, Path(tmp), calib)
             for key, path in zip(CALIB_ROWS, (ours, theirs), strict=True):
                 found[key].append(ort_accuracy(path, test))
         print(f"   seed {seed}: {[v[-1] for v in found.values()]}", flush=True)

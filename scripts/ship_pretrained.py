@@ -28,10 +28,10 @@ def main(run_dir: str, name: str) -> None:
     state = torch.load(run / "weights.pt", weights_only=True)
     trained = create_model(name)
     trained.load_state_dict(state)
-    if any(isinstance(m, ShiftAttentionConv2d) for m in trained.modules()):
-        for m in trained.modules():
-            if isinstance(m, ShiftAttentionConv2d):
-                m.settle_attention()
+    sal = [m for m in trained.modules() if isinstance(m, ShiftAttentionConv2d)]
+    for m in sal:
+        m.settle_attention()
+    if sal:
         state = trained.state_dict()
     half = {k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}
     dest = weights_path(name)
