@@ -161,6 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=8, help="training epochs in all")
     p.add_argument("--epochs-per-try", type=int, default=1)
     p.add_argument("--val-size", type=int, default=5000, help="training images held out for the floor")
+    p.add_argument(
+        "--reference-accuracy",
+        default="card",
+        help="the dense model's accuracy on unseen data, in %%: the validation floor is raised by its gap to the "
+        "dense validation accuracy (default 'card': the model card's test accuracy for --pretrained registry "
+        "models; 'none': the floor as given)",
+    )
     p.add_argument("--calib", type=int, default=512, help="calibration images per search")
     p.add_argument("--first", type=float, default=0.1, help="first target, a fraction of the dense score")
     p.add_argument("--step", type=float, default=0.4, help="each next target this much lower while the floor holds")
@@ -474,6 +481,22 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reference_accuracy(text: str, model: str, pretrained: bool) -> float | None:
+    """``--reference-accuracy``: a number, ``none``, or ``card`` (a pretrained registry model's card)."""
+    if text.lower() == "none":
+        return None
+    if text.lower() != "card":
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(f"--reference-accuracy must be a number, 'card' or 'none', got {text!r}") from None
+    from factorch.models import is_model, model_card
+
+    if pretrained and is_model(model):
+        return float(model_card(model)["test_accuracy"])
+    return None
+
+
 def cmd_challenge(args: argparse.Namespace) -> int:
     from factorch.challenge import challenge
     from factorch.data import fashion_mnist
@@ -481,11 +504,14 @@ def cmd_challenge(args: argparse.Namespace) -> int:
 
     model = load_model(args.model, pretrained=args.pretrained)
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
+    reference = _reference_accuracy(args.reference_accuracy, args.model, args.pretrained)
+    if reference is not None:
+        console.print(f"reference accuracy {reference:g} % (the validation floor follows the dense model's gap to it)")
     result = challenge(
         model, fashion_mnist("train", args.data_root), example_inputs=torch.zeros(*args.input_shape),
         min_accuracy=args.min_accuracy, out_dir=args.out, rules=args.rules, methods=methods, epochs=args.epochs,
         epochs_per_try=args.epochs_per_try, test_data=fashion_mnist("test", args.data_root), val_size=args.val_size,
-        val_data=fashion_mnist("train", args.data_root, augment=False),
+        val_data=fashion_mnist("train", args.data_root, augment=False), reference_accuracy=reference,
         calib_samples=args.calib, first=args.first, step=args.step, seed=args.seed,
     )  # fmt: skip
     console.print(result.to_markdown(), markup=False, highlight=False)

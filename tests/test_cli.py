@@ -111,3 +111,16 @@ def test_compress_in_stages_writes_the_history_and_resumes(fmnist_root, tmp_path
     assert json.loads((out / "report.json").read_text())["stages"] == report["stages"]
     assert main(["evaluate", str(out), "--data-root", str(fmnist_root), "--json"]) == 0
     assert main([*argv[:7], "0", *argv[8:]]) == 2 and "--stages must be >= 1" in capsys.readouterr().out
+
+
+def test_challenge_reference_accuracy_reads_the_model_card_of_pretrained_registry_models():
+    from factorch.cli import _reference_accuracy
+    from factorch.models import model_card
+
+    assert _reference_accuracy("card", "resnet20", True) == model_card("resnet20")["test_accuracy"]
+    assert _reference_accuracy("card", "resnet20", False) is None  # untrained weights have no published figure
+    assert _reference_accuracy("card", "some/folder", True) is None
+    assert _reference_accuracy("none", "resnet20", True) is None
+    assert _reference_accuracy("92.5", "resnet20", True) == 92.5
+    with pytest.raises(ValueError, match="--reference-accuracy"):
+        _reference_accuracy("high", "resnet20", True)

@@ -83,3 +83,29 @@ def test_challenge_writes_the_run_and_resumes_to_the_same_result(tmp_path, monke
     torch.testing.assert_close(resumed.model(x), whole.model(x), rtol=0, atol=0)
     with pytest.raises(ValueError, match="other settings"):
         run(tmp_path / "cut", seed=1)
+
+
+def test_the_validation_floor_follows_the_dense_models_gap_to_its_reference():
+    from factorch.challenge import ChallengeResult, val_floor
+
+    # resnet20: 95.64 % on the validation split it trained on, 93.96 % on the test set; floor 93.0 on unseen data
+    assert val_floor(93.0, 95.64, 93.96) == pytest.approx(94.68)
+    assert val_floor(93.0, 95.64, None) == 93.0
+    assert val_floor(93.0, 92.0, 93.96) == 93.0  # never lowered
+    tries = [Try(0.01, "done", 0.009, 94.5), Try(0.02, "done", 0.019, 94.9)]
+    result = ChallengeResult("effdl", 93.0, 0.158, 95.64, tries, 1, nn.Identity(), reference_accuracy=93.96)
+    assert result.val_floor == pytest.approx(94.68)
+    assert result.to_dict()["val_floor"] == pytest.approx(94.68)
+    assert "| 0 | 0.01 | 0.009 | 94.50 | 0 | no |" in result.to_markdown()
+    assert next_target(tries[:1], result.val_floor, 0.158, 0.1, 0.4) == pytest.approx((0.158 * 0.01) ** 0.5)
+
+
+def test_a_reference_accuracy_raises_the_floor_of_a_run(tmp_path):
+    plain = run(tmp_path / "plain")
+    # the teacher labels the data itself (100 % on validation): a reference of 50 % raises the floor to 110 %
+    strict = run(tmp_path / "strict", reference_accuracy=50.0)
+    assert strict.val_floor == pytest.approx(110.0) and strict.best is None
+    assert strict.score == strict.dense_score
+    assert plain.best is not None
+    with pytest.raises(ValueError, match="reference_accuracy"):
+        run(tmp_path / "bad", reference_accuracy=0.0)
