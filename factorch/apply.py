@@ -20,6 +20,7 @@ from factorch.registry import NotCompressible
 from factorch.report import CompressionReport, LayerReport
 from factorch.surgery import (
     candidate_layers,
+    chain_stages,
     compressed_layers,
     conv_bn_pairs,
     fold_batchnorms,
@@ -102,7 +103,9 @@ def model_storage(model: nn.Module) -> dict[str, int]:
     stored dense (their exact zeros are not counted as non-zero)."""
     params = nonzero = bits = 0
     inside: set[int] = set()
-    for _, layer in compressed_layers(model):
+    for _, layer in compressed_layers(model, nested=True):
+        if isinstance(layer, FactorizedLayer) and layer.compressed_stages():
+            continue  # its compressed stages count by their own Cost, its plain stages as plain tensors
         cost = layer.layer_cost()
         params, nonzero, bits = params + cost.params, nonzero + cost.nonzero_params, bits + cost.size_bits
         inside.update(id(p) for p in layer.parameters())
@@ -113,15 +116,34 @@ def model_storage(model: nn.Module) -> dict[str, int]:
     return {"params": params, "nonzero_params": nonzero, "size_bytes": int(-(-bits // 8))}
 
 
+def _nests(cfg: MethodConfig | None, stage: nn.Module) -> bool:
+    """Whether ``cfg``'s method compresses ``stage``, a dense stage of a factorized layer, in place."""
+    if cfg is None:
+        return False
+    try:
+        return bool(getattr(layer_class(cfg.method, stage), "nests_in_chains", False))
+    except NotCompressible:
+        return False
+
+
+def _nested_stages(model: nn.Module, plan: Plan) -> list[tuple[str, nn.Module, str]]:
+    """``(name, stage, chain name)`` of the dense stages of factorized layers that the plan's config for
+    them compresses in place."""
+    return [(n, m, c) for n, m, c in chain_stages(model) if _nests(plan.resolve(n)[0], m)]
+
+
 def _check_names(model: nn.Module, plan: Plan) -> None:
     names_in_model = {n for n, _ in model.named_modules() if n}
     units = {
         n + ".": (n, "factorized" if isinstance(m, FactorizedLayer) else "compressed")
         for n, m in compressed_layers(model)
     }
+    nested = {n for n, _, _ in _nested_stages(model, plan)}
     for name in plan.exact_names():
         if name not in names_in_model:
             get_module(model, name)  # raises with close matches
+        if name in nested:
+            continue
         for prefix, (outer, kind) in units.items():
             if name.startswith(prefix):
                 raise ValueError(
@@ -133,10 +155,14 @@ def _check_names(model: nn.Module, plan: Plan) -> None:
 def _ordered_layers(work: nn.Module, plan: Plan, shapes: dict[str, tuple[int, ...]]) -> list[tuple[str, nn.Module]]:
     """Dense candidates then compressed layers, in execution order when traced; checks the plan's patterns."""
     layers = list(candidate_layers(work))
+    stages = _nested_stages(work, plan)  # e.g. a factorized chain's convs, quantized in place
+    layers += [(n, m) for n, m, _ in stages]
     for pattern_key, pattern in plan.patterns():
         if not any(pattern.fullmatch(n) for n, _ in layers):
             raise ValueError(f"Plan pattern {pattern_key!r} matches no compressible layer of the model")
-    layers += compressed_layers(work)  # reported as they are; their inner stages are never compressed alone
+    opened = {chain for _, _, chain in stages}
+    # compressed layers are reported as they are, unless their stages are compressed now
+    layers += [(n, m) for n, m in compressed_layers(work) if n not in opened]
     if shapes:
         order = {n: i for i, n in enumerate(shapes)}
         layers.sort(key=lambda item: order.get(item[0], len(order)))

@@ -74,7 +74,7 @@ def export_onnx(
     if int8 and calib_data is None:
         raise ValueError("export_onnx(int8=True) needs calib_data: the activation ranges are calibrated on it")
     work = copy.deepcopy(model).eval()
-    for name, layer in compressed_layers(work):
+    for name, layer in list(compressed_layers(work, nested=True)):
         if isinstance(layer, (PrunedLayer, QuantizedLayer)):  # plain torch layers with the weights they compute
             replace_module(work, name, layer.to_dense())
     if fold_bn:

@@ -30,7 +30,7 @@ def model_plan(model: nn.Module) -> dict:
     from factorch.surgery import compressed_layers
 
     layers = {}
-    for name, module in compressed_layers(model):
+    for name, module in compressed_layers(model, nested=True):  # a chain before its stages compressed in place
         layers[name] = {"class": type(module).__name__, **module.describe()}
     extra = getattr(model, PLAN_ATTR, {}) or {}
     plan = {

@@ -55,6 +55,9 @@ class CompressedLayer:
         return Cost.dense(params, macs, weight_bits=torch.finfo(spec.torch_dtype).bits)
 
     compress_edges: ClassVar[bool] = False  # True: the first conv / final classifier are not kept dense by default
+    # True: the method also compresses the dense stages inside a factorized layer (quantizing a Tucker-2 chain's
+    # three convs), each stage becoming one of this class; the chain stays the unit of factorization
+    nests_in_chains: ClassVar[bool] = False
 
     @classmethod
     def worth_it(cls, before: Cost, after: Cost) -> str | None:
@@ -209,11 +212,32 @@ class FactorizedLayer(nn.Sequential, CompressedLayer):
     def _set_factors(self, layer: nn.Module) -> None:
         raise NotImplementedError
 
-    def reconstruct_weight(self) -> Tensor:
-        """The dense weight this layer computes, in float64."""
+    def _chain_weight(self) -> Tensor:
+        """The dense weight the chain computes, in float64, its stages being plain layers."""
         raise NotImplementedError
 
     # -- shared ---------------------------------------------------------------------------------------
+    def reconstruct_weight(self) -> Tensor:
+        """The dense weight this layer computes, in float64 (stages compressed in place, e.g. quantized,
+        counted with the weights they compute with)."""
+        return self.with_plain_stages()._chain_weight()
+
+    def compressed_stages(self) -> list[tuple[str, CompressedLayer]]:
+        """The stages compressed in place (``nests_in_chains`` methods), by name within this layer."""
+        return [(n, m) for n, m in self.named_modules() if n and isinstance(m, CompressedLayer)]
+
+    def with_plain_stages(self) -> FactorizedLayer:
+        """This layer, or a copy with every compressed stage replaced by its dense equivalent (``to_dense``)."""
+        stages = self.compressed_stages()
+        if not stages:
+            return self
+        plain = copy.deepcopy(self)
+        for name, _ in stages:
+            parent_name, _, child = name.rpartition(".")
+            parent = plain.get_submodule(parent_name) if parent_name else plain
+            parent._modules[child] = parent._modules[child].to_dense()
+        return plain
+
     @classmethod
     def cost(
         cls, spec: Spec, ranks: tuple[int, ...], input_size: tuple[int, ...] | None = None, **options
@@ -314,6 +338,12 @@ class FactorizedLayer(nn.Sequential, CompressedLayer):
         References:
             Gusak et al. 2019, "Automated multi-stage compression of neural networks" (MUSCO).
         """
+        if self.compressed_stages():
+            stage, layer = self.compressed_stages()[0]
+            raise ValueError(
+                f"{name or type(self).__name__}: its stage {stage!r} is compressed in place ({layer.method}); "
+                "shrink the float chain first, then compress its stages"
+            )
         ranks = self._recompress_ranks(rank, input_size=input_size, name=name)
         new = type(self).build(self.spec, ranks, device=self._device(), **self.options)
         with torch.no_grad():
@@ -353,9 +383,10 @@ class FactorizedLayer(nn.Sequential, CompressedLayer):
     def to_dense(self) -> nn.Module:
         """A dense layer of the original type computing what this layer computes."""
         dense = self.spec.dense(device=self._device())
+        plain = self.with_plain_stages()
         with torch.no_grad():
-            dense.weight.copy_(self.reconstruct_weight().to(dense.weight.dtype))
-            bias = self.output_bias()
+            dense.weight.copy_(plain._chain_weight().to(dense.weight.dtype))
+            bias = plain.output_bias()
             if bias is not None:
                 dense.bias.copy_(bias)
         return dense

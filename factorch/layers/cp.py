@@ -139,7 +139,7 @@ class CPConv(FactorizedLayer):
             out.append([a_out, a_in, *(s[i].reshape(r, -1).T for s in sp)])
         return out
 
-    def reconstruct_weight(self) -> Tensor:
+    def _chain_weight(self) -> Tensor:
         ws = []
         for factors in self.group_factors():
             a_out, a_in, *spatial = factors

@@ -175,6 +175,7 @@ class QuantizedLayer(MaskedDenseLayer, nn.Module):
     rank_names = ("weight_bits", "act_bits")
     exact_at_full_rank = True  # 32 / 32 bits is the dense layer
     compress_edges = True  # int8 quantizes every layer; name the edges at 8 bits in a Plan for lower widths
+    nests_in_chains = True  # the stages of a factorized chain are quantized in place
 
     def __init__(
         self,

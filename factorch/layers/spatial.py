@@ -95,7 +95,7 @@ class SpatialSVDConv2d(FactorizedLayer):
         if old.horizontal.bias is not None:
             self.horizontal.bias.copy_(old.horizontal.bias)
 
-    def reconstruct_weight(self) -> Tensor:
+    def _chain_weight(self) -> Tensor:
         g = self.spec.groups
         out = []
         for v, h in zip(self.vertical.weight.double().chunk(g), self.horizontal.weight.double().chunk(g)):

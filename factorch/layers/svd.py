@@ -82,7 +82,7 @@ class LowRankLinear(FactorizedLayer):
         s = truncated_svd_of_product(self.second.weight.detach(), self.first.weight.detach(), r).s
         return ((Spectrum(s, (r, r)),),)
 
-    def reconstruct_weight(self) -> Tensor:
+    def _chain_weight(self) -> Tensor:
         return self.second.weight.double() @ self.first.weight.double()
 
 
@@ -161,7 +161,7 @@ class SVDConv(FactorizedLayer):
             ),
         )
 
-    def reconstruct_weight(self) -> Tensor:
+    def _chain_weight(self) -> Tensor:
         spec, (r,) = self.spec, self.ranks
         out = []
         for a, b in zip(self.first.weight.double().chunk(spec.groups), self.second.weight.double().chunk(spec.groups)):

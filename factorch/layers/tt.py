@@ -164,7 +164,7 @@ class TTLinear(_TTMixin, FactorizedLayer):
         if layer.bias is not None:
             self.bias.copy_(layer.bias)
 
-    def reconstruct_weight(self) -> Tensor:
+    def _chain_weight(self) -> Tensor:
         dense = tt_matrix_to_dense([c.double() for c in self.cores.cores()])
         return dense[: self.spec.out_features, : self.spec.in_features]
 
@@ -216,7 +216,7 @@ class TTEmbedding(_TTMixin, FactorizedLayer):
     def _set_factors(self, layer: nn.Embedding) -> None:
         self._set_cores(layer.weight)
 
-    def reconstruct_weight(self) -> Tensor:
+    def _chain_weight(self) -> Tensor:
         dense = tt_matrix_to_dense([c.double() for c in self.cores.cores()])
         w = dense[: self.spec.num_embeddings, : self.spec.embedding_dim].clone()
         if self.spec.padding_idx is not None:

@@ -114,7 +114,7 @@ class Tucker2Conv(FactorizedLayer):
                 modes[mode].append(Spectrum(torch.linalg.svdvals(matrix), (matrix.shape[0], matrix.shape[1])))
         return (tuple(modes[0]), tuple(modes[1]))
 
-    def reconstruct_weight(self) -> Tensor:
+    def _chain_weight(self) -> Tensor:
         g = self.spec.groups
         out = []
         for a, c, b in zip(

@@ -54,13 +54,28 @@ def candidate_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
             yield name, module
 
 
-def compressed_layers(model: nn.Module) -> Iterator[tuple[str, CompressedLayer]]:
-    """Named compressed layers of ``model`` (the outermost ones; their stages are not listed)."""
+def compressed_layers(model: nn.Module, *, nested: bool = False) -> Iterator[tuple[str, CompressedLayer]]:
+    """Named compressed layers of ``model``: the outermost ones, and with ``nested`` also the stages of
+    factorized layers compressed in place (quantized stages of a chain), each after its chain."""
     inside: tuple[str, ...] = ()
     for name, module in model.named_modules():
-        if name and not name.startswith(inside) and isinstance(module, CompressedLayer):
+        if name and isinstance(module, CompressedLayer) and (nested or not name.startswith(inside)):
             inside = (*inside, name + ".")
             yield name, module
+
+
+def chain_stages(model: nn.Module) -> Iterator[tuple[str, nn.Module, str]]:
+    """``(name, stage, chain name)`` of the dense stages inside factorized layers (the layers a
+    ``nests_in_chains`` method may compress in place), in module order."""
+    for outer, chain in factorized_layers(model):
+        inside: tuple[str, ...] = ()
+        for sub, module in chain.named_modules():
+            if not sub or sub.startswith(inside):
+                continue
+            if isinstance(module, CompressedLayer):
+                inside = (*inside, sub + ".")
+            elif type(module) in FACTORIZABLE:
+                yield f"{outer}.{sub}", module, outer
 
 
 def factorized_layers(model: nn.Module) -> Iterator[tuple[str, FactorizedLayer]]:
