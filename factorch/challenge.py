@@ -8,6 +8,12 @@ the training set. The targets move geometrically: lower after a try that keeps t
 last good one after a try that does not (bisection in log-score). The test set is used once, on the chosen
 model, at the end.
 
+With ``bits=(w, a)`` every try is factorized *and* quantized: the search chooses factorization ranks per layer
+(the factorization methods only) for the score that quantizing at ``w``-bit weights and ``a``-bit activations
+leaves (the target divided by the score ratio the quantization gives the dense model, measured once), then
+every layer, the stages of the factorized chains included, is quantized (the first conv and the classifier at
+``edge_bits``), and the distillation trains the quantized chain (learned step sizes at 4 bits or fewer).
+
 A model trained on the whole training set scores higher on any split of it than on unseen data (resnet20:
 95.64 % on the default validation split, 93.96 % on the test set), so a floor checked as is on such a split
 lets through models that fall below it on new data. With ``reference_accuracy`` (the dense model's published
@@ -36,12 +42,15 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 
 from factorch.api import compress
+from factorch.apply import edge_layers
 from factorch.auto.closed_loop import TargetUnreachableError
 from factorch.auto.config import AutoConfig
 from factorch.complexity import resolve_rules, score
+from factorch.config import FactorizationConfig, Plan, QuantConfig
 from factorch.io import load, save
 from factorch.progress import progress_bar
-from factorch.registry import list_methods
+from factorch.registry import get_method, list_methods
+from factorch.surgery import candidate_layers, trace_layers
 from factorch.train import evaluate, finetune
 
 STATE_FILE = "challenge.json"
@@ -200,6 +209,8 @@ def challenge(
     resume: bool = True,
     show_progress: bool = True,
     auto_options: dict[str, Any] | None = None,
+    bits: int | tuple[int, int] | None = None,
+    edge_bits: int = 8,
 ) -> ChallengeResult:
     """Search the lowest ``rules`` score at which the compressed, fine-tuned ``model`` keeps ``min_accuracy``.
 
@@ -227,6 +238,9 @@ def challenge(
         resume: continue the run in ``out_dir`` (an interrupted try resumes from its last checkpoint).
         show_progress: progress bars.
         auto_options: extra :class:`AutoConfig` fields (e.g. ``{"calib_samples": 256, "polish": 50}``).
+        bits: quantize every try after its factorization search at these weight (and activation) bits (see the
+            module docstring); ``methods`` then defaults to the factorization methods.
+        edge_bits: the bits of the first conv and the final classifier when ``bits`` is given.
 
     Returns:
         A :class:`ChallengeResult` (also written as ``report.md`` / ``report.json``, the chosen model as
@@ -235,7 +249,15 @@ def challenge(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     rules_obj = resolve_rules(rules)
-    methods = tuple(methods) if methods is not None else tuple(list_methods(searchable=True))
+    bits = _check_bits(bits, edge_bits)
+    if methods is None:
+        methods = [m for m in list_methods(searchable=True) if bits is None or _factorizes(m)]
+    methods = tuple(methods)
+    if bits is not None and not all(_factorizes(m) for m in methods):
+        raise ValueError(
+            f"challenge(bits=...) searches factorization ranks and then quantizes every layer; methods must be "
+            f"factorization methods, got {[m for m in methods if not _factorizes(m)]}"
+        )
     for name, value in (("epochs", epochs), ("epochs_per_try", epochs_per_try)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"challenge({name}=...) must be an int >= 1, got {value!r}")
@@ -262,6 +284,8 @@ def challenge(
         "seed": seed,
         "auto_options": auto_options or {},
     }
+    if bits is not None:  # only then, so that the runs of earlier versions keep their settings
+        settings["bits"], settings["edge_bits"] = list(bits), int(edge_bits)
     state_path = out / STATE_FILE
     state = {"settings": settings, "tries": []}
     if state_path.is_file():
@@ -308,16 +332,66 @@ def challenge(
     return result
 
 
+def _check_bits(bits, edge_bits: int) -> tuple[int, int] | None:
+    if bits is None:
+        return None
+    pair = (bits, bits) if isinstance(bits, int) else tuple(bits)
+    if len(pair) != 2:
+        raise ValueError(f"challenge(bits=...) takes an int or a (weight_bits, act_bits) pair, got {bits!r}")
+    for value in (*pair, edge_bits):
+        if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= 8:
+            raise ValueError(f"challenge(bits=..., edge_bits=...) take bit widths 2..8, got {bits!r}, {edge_bits!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def _factorizes(method: str) -> bool:
+    return issubclass(get_method(method).config, FactorizationConfig)
+
+
+def quantize_plan(model: nn.Module, inputs: Tensor, bits: tuple[int, int], edge_bits: int) -> Plan:
+    """Every layer at ``bits`` (weights, activations), the first conv and the final classifier of ``model``
+    (a dense model: its layers in execution order) at ``edge_bits``."""
+    shapes = trace_layers(model, (inputs,))
+    names = [n for n, _ in sorted(candidate_layers(model), key=lambda item: list(shapes).index(item[0]))]
+    edges = edge_layers(names, model)
+    layers: dict[str, Any] = {"_default": QuantConfig(weight_bits=bits[0], act_bits=bits[1])}
+    layers.update({n: QuantConfig(weight_bits=edge_bits, act_bits=edge_bits) for n in sorted(edges)})
+    return Plan(layers)
+
+
+def _quantization_ratio(dense, calib, inputs, plan, rules) -> float:
+    """How much quantizing by ``plan`` lowers the dense model's score (what a factorized model will get)."""
+    quantized, _ = compress(dense, plan, example_inputs=inputs, calib_data=calib)
+    return score(quantized, inputs, rules=rules).score / score(dense, inputs, rules=rules).score
+
+
+QUANTIZED_TOLERANCE = 1.01  # bits=...: a built model within 1 % over the target is kept
+QUANTIZED_CORRECTIONS = 2  # bits=...: searches again with a corrected float target, at most this often
+
+
 def _one_try(dense, train, val, calib, inputs, target, index, out, settings, rules, show_progress) -> Try:
     folder = f"try-{index}"
     options = {"calib_samples": settings["calib_samples"], "progress": show_progress, **settings["auto_options"]}
-    cfg = AutoConfig(f"score={target:.6g}", rules=rules, methods=settings["methods"], **options)
-    try:
-        small, _ = compress(dense, cfg, example_inputs=inputs, calib_data=calib)
-    except ValueError as err:  # up front ("out of reach"), or after building (TargetUnreachableError)
-        if "out of reach" not in str(err) and not isinstance(err, TargetUnreachableError):
-            raise
-        return Try(target, "unreachable", note=str(err).split(" (")[0])
+    steps: list[Any] = []
+    search_target = target
+    if settings.get("bits"):
+        plan = quantize_plan(dense, inputs, tuple(settings["bits"]), settings["edge_bits"])
+        search_target = target / _quantization_ratio(dense, calib, inputs, plan, rules)
+        steps = [plan]
+    for _ in range(QUANTIZED_CORRECTIONS + 1 if steps else 1):
+        cfg = AutoConfig(f"score={search_target:.6g}", rules=rules, methods=settings["methods"], **options)
+        try:
+            small, _ = compress(dense, [cfg, *steps] if steps else cfg, example_inputs=inputs, calib_data=calib)
+        except ValueError as err:  # up front ("out of reach"), or after building (TargetUnreachableError)
+            if "out of reach" not in str(err) and not isinstance(err, TargetUnreachableError):
+                raise
+            return Try(target, "unreachable", note=str(err).split(" (")[0])
+        built = score(small, inputs, rules=rules).score
+        if built <= target * QUANTIZED_TOLERANCE:
+            break
+        # the quantized chains keep more float overhead (biases, per-channel scales) than the dense model's
+        # layers did: search again for a float score lower by the measured miss
+        search_target *= target / built
     small = finetune(small, train, teacher=dense, epochs=settings["epochs_per_try"], seed=settings["seed"],
                      out_dir=out / folder / "finetune", resume=True, show_progress=show_progress)  # fmt: skip
     save(small, out / folder / "model")

@@ -168,6 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
         "dense validation accuracy (default 'card': the model card's test accuracy for --pretrained registry "
         "models; 'none': the floor as given)",
     )
+    p.add_argument(
+        "--bits",
+        default=None,
+        help="quantize every try after its factorization search: weight bits, or weight,activation bits (e.g. 4 "
+        "or 4,8); the first conv and the classifier at --edge-bits",
+    )
+    p.add_argument("--edge-bits", type=int, default=8)
     p.add_argument("--calib", type=int, default=512, help="calibration images per search")
     p.add_argument("--first", type=float, default=0.1, help="first target, a fraction of the dense score")
     p.add_argument("--step", type=float, default=0.4, help="each next target this much lower while the floor holds")
@@ -481,6 +488,19 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bits(text: str | None) -> tuple[int, int] | None:
+    """``--bits``: ``4`` (weights and activations) or ``4,8``."""
+    if text is None:
+        return None
+    try:
+        parts = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--bits takes W or W,A (integers), got {text!r}") from None
+    if len(parts) not in (1, 2):
+        raise ValueError(f"--bits takes W or W,A (integers), got {text!r}")
+    return parts[0], parts[-1]
+
+
 def _reference_accuracy(text: str, model: str, pretrained: bool) -> float | None:
     """``--reference-accuracy``: a number, ``none``, or ``card`` (a pretrained registry model's card)."""
     if text.lower() == "none":
@@ -512,7 +532,8 @@ def cmd_challenge(args: argparse.Namespace) -> int:
         min_accuracy=args.min_accuracy, out_dir=args.out, rules=args.rules, methods=methods, epochs=args.epochs,
         epochs_per_try=args.epochs_per_try, test_data=fashion_mnist("test", args.data_root), val_size=args.val_size,
         val_data=fashion_mnist("train", args.data_root, augment=False), reference_accuracy=reference,
-        calib_samples=args.calib, first=args.first, step=args.step, seed=args.seed,
+        calib_samples=args.calib, first=args.first, step=args.step, seed=args.seed, bits=_bits(args.bits),
+        edge_bits=args.edge_bits,
     )  # fmt: skip
     console.print(result.to_markdown(), markup=False, highlight=False)
     console.print(f"saved to {args.out} (final/, report.md, report.json, accuracy_vs_score.png, challenge.json)")

@@ -109,3 +109,32 @@ def test_a_reference_accuracy_raises_the_floor_of_a_run(tmp_path):
     assert plain.best is not None
     with pytest.raises(ValueError, match="reference_accuracy"):
         run(tmp_path / "bad", reference_accuracy=0.0)
+
+
+def test_bits_factorize_then_quantize_every_try(tmp_path):
+    from factorch.layers import FactorizedLayer
+    from factorch.layers.quantized import QuantizedLayer
+
+    result = challenge(
+        teacher(), data(), example_inputs=torch.zeros(1, 1, 12, 12), min_accuracy=60.0, out_dir=tmp_path,
+        epochs=2, val_size=100, calib_samples=64, show_progress=False, bits=4, edge_bits=8,
+        auto_options={"calib_samples": 64, "polish": 10, "refine": 0, "cache": False, "keep_edges": False},
+    )  # fmt: skip
+    assert json.loads((tmp_path / "challenge.json").read_text())["settings"]["methods"] == [
+        "cp", "spatial-svd", "svd", "tucker2"
+    ]  # fmt: skip
+    done = [t for t in result.tries if t.status == "done"]
+    assert done
+    model = factorch.load(tmp_path / done[0].folder, base_model=teacher())
+    quantized = {n: m for n, m in model.named_modules() if isinstance(m, QuantizedLayer)}
+    assert quantized["0"].weight_bits == 8 and quantized["8"].weight_bits == 8  # the edges
+    chains = [m for m in model.modules() if isinstance(m, FactorizedLayer)]
+    assert chains and all(c.compressed_stages() for c in chains)
+    assert all(m.weight_bits == 4 and m.act_bits == 4 for n, m in quantized.items() if n not in ("0", "8"))
+    assert done[0].score <= done[0].target * 1.01  # corrected for the quantized chains' float overhead
+    with pytest.raises(ValueError, match="factorization methods"):
+        challenge(teacher(), data(), example_inputs=torch.zeros(1, 1, 12, 12), min_accuracy=60.0,
+                  out_dir=tmp_path / "bad", methods=["tucker2", "quant"], bits=4)  # fmt: skip
+    with pytest.raises(ValueError, match="bit widths 2..8"):
+        challenge(teacher(), data(), example_inputs=torch.zeros(1, 1, 12, 12), min_accuracy=60.0,
+                  out_dir=tmp_path / "bad", bits=(4, 16))  # fmt: skip
