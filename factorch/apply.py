@@ -126,10 +126,22 @@ def _nests(cfg: MethodConfig | None, stage: nn.Module) -> bool:
         return False
 
 
+def _resolve(plan: Plan, name: str, chains: Mapping[str, str]) -> tuple[MethodConfig | None, str | None]:
+    """The config of layer ``name``: its own key; for a stage of a factorized layer (``chains``: stage ->
+    chain name), then the chain's exact key (``Plan({"conv1": QuantConfig(8)})`` quantizes a factorized
+    ``conv1``'s stages; ``None`` leaves them); then patterns and ``_default``."""
+    chain = chains.get(name)
+    if chain is not None and name not in plan.layers and chain in plan.layers:
+        return plan.layers[chain], chain
+    return plan.resolve(name)
+
+
 def _nested_stages(model: nn.Module, plan: Plan) -> list[tuple[str, nn.Module, str]]:
     """``(name, stage, chain name)`` of the dense stages of factorized layers that the plan's config for
     them compresses in place."""
-    return [(n, m, c) for n, m, c in chain_stages(model) if _nests(plan.resolve(n)[0], m)]
+    stages = list(chain_stages(model))
+    chains = {n: c for n, _, c in stages}
+    return [(n, m, c) for n, m, c in stages if _nests(_resolve(plan, n, chains)[0], m)]
 
 
 def _check_names(model: nn.Module, plan: Plan) -> None:
@@ -302,6 +314,7 @@ def apply_plan(
     edges = edge_layers(dense_names, work) if keep_edges else set()
     global_counts = _global_prune_counts(layers, plan, edges)
 
+    chains = {n: c for n, _, c in chain_stages(work)}
     report = CompressionReport(config=plan.to_dict())
     for name, layer in layers:
         if isinstance(layer, CompressedLayer):
@@ -316,7 +329,7 @@ def apply_plan(
             row.method = row.ranks = row.nonzero_after = None
             report.layers.append(row)
             continue
-        cfg, key = plan.resolve(name)
+        cfg, key = _resolve(plan, name, chains)
         row = LayerReport(name=name, type=type(layer).__name__)
         input_size, per_position = layer_geometry(layer, shapes.get(name))
         before = dense_layer_cost(layer, input_size, per_position)

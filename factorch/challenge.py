@@ -350,12 +350,15 @@ def _factorizes(method: str) -> bool:
 
 def quantize_plan(model: nn.Module, inputs: Tensor, bits: tuple[int, int], edge_bits: int) -> Plan:
     """Every layer at ``bits`` (weights, activations), the first conv and the final classifier of ``model``
-    (a dense model: its layers in execution order) at ``edge_bits``."""
-    shapes = trace_layers(model, (inputs,))
-    names = [n for n, _ in sorted(candidate_layers(model), key=lambda item: list(shapes).index(item[0]))]
-    edges = edge_layers(names, model)
+    (a dense model: its layers in execution order) at ``edge_bits`` (a key that also covers the stages of that
+    layer once factorized); layers the forward pass never runs stay as they are."""
+    order = {n: i for i, n in enumerate(trace_layers(model, (inputs,)))}
+    names = [n for n, _ in candidate_layers(model)]
+    used = sorted((n for n in names if n in order), key=order.__getitem__)
+    edges = edge_layers(used, model)
     layers: dict[str, Any] = {"_default": QuantConfig(weight_bits=bits[0], act_bits=bits[1])}
     layers.update({n: QuantConfig(weight_bits=edge_bits, act_bits=edge_bits) for n in sorted(edges)})
+    layers.update({n: None for n in names if n not in order})  # never run: no activations to calibrate
     return Plan(layers)
 
 

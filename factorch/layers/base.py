@@ -4,6 +4,7 @@ layer it replaces, so that it can be rebuilt without decomposing (for loading) a
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections import OrderedDict
 from typing import ClassVar
@@ -221,6 +222,26 @@ class FactorizedLayer(nn.Sequential, CompressedLayer):
         """The dense weight this layer computes, in float64 (stages compressed in place, e.g. quantized,
         counted with the weights they compute with)."""
         return self.with_plain_stages()._chain_weight()
+
+    def layer_cost(self, input_size: tuple[int, ...] | None = None) -> Cost:
+        """The cost of this very layer: the chain's MACs; its storage with the stages compressed in place
+        counted by their own costs (e.g. quantized codes and scales), the other parameters at float width."""
+        chain = super().layer_cost(input_size)
+        stages = self.compressed_stages()
+        if not stages:
+            return chain
+        inside = {id(p) for _, m in stages for p in m.parameters()}
+        plain = [p for p in self.parameters() if id(p) not in inside]
+        total = Cost.dense(0, 0)
+        for _, stage in stages:
+            total = total + stage.layer_cost()
+        if plain:
+            total = total + Cost.dense(sum(p.numel() for p in plain), 0, torch.finfo(plain[0].dtype).bits)
+        return dataclasses.replace(
+            total,
+            macs=chain.macs,
+            op_bits=max(chain.op_bits if plain else 0, *(m.layer_cost().op_bits for _, m in stages)),
+        )
 
     def compressed_stages(self) -> list[tuple[str, CompressedLayer]]:
         """The stages compressed in place (``nests_in_chains`` methods), by name within this layer."""

@@ -112,3 +112,28 @@ def test_plans_name_single_stages_and_refuse_to_factorize_one():
         factorch.compress(chain_model, factorch.Plan({"2.core": factorch.SVDConfig(rank=2)}), example_inputs=X)
     with pytest.raises(ValueError, match="'core' is compressed in place"):
         q[2].recompress((4, 4), name="2")
+
+
+def test_a_key_naming_the_chain_sets_its_stages_own_key_first():
+    both = factorch.compress(net(), factorch.Plan({"0": factorch.SVDConfig(rank=3), "2": factorch.Tucker2Config(
+        rank=(8, 8))}), example_inputs=X, keep_edges=False)[0]  # fmt: skip
+    q4, q8 = factorch.QuantConfig(weight_bits=4, act_bits=32), factorch.QuantConfig(weight_bits=8, act_bits=32)
+    plan = factorch.Plan({"_default": q4, "0": q8, "2.core": q8, "4": None})
+    q, _ = factorch.compress(both, plan, example_inputs=X)
+    assert q[0].first.weight_bits == 8 and q[0].second.weight_bits == 8  # the chain's key
+    assert q[2].core.weight_bits == 8 and q[2].first.weight_bits == 4  # a stage's own key before the chain's
+    assert not isinstance(q[4], QuantizedLayer)  # None: left as it is
+    q_none, _ = factorch.compress(both, factorch.Plan({"_default": q4, "2": None}), example_inputs=X)
+    assert not q_none[2].compressed_stages() and q_none[0].compressed_stages()
+
+
+def test_a_quantized_chains_own_cost_counts_its_stages():
+    q, _ = factorch.compress(factorized(), factorch.Plan({"2.core": factorch.QuantConfig(weight_bits=4,
+                             act_bits=32)}), example_inputs=X)  # fmt: skip
+    chain, core = q[2], q[2].core
+    float_chain = factorized()[2]
+    cost, float_cost = chain.layer_cost((12, 12)), float_chain.layer_cost((12, 12))
+    assert cost.macs == float_cost.macs and cost.params == float_cost.params + (core.layer_cost().params - 576)
+    plain = sum(p.numel() for n, p in chain.named_parameters() if not n.startswith("core."))
+    assert cost.size_bits == core.layer_cost().size_bits + 32 * plain
+    assert cost.size_bits < float_cost.size_bits
