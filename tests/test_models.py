@@ -63,7 +63,7 @@ def test_pretrained_rejects_other_heads():
         create_model("resnet20", num_classes=100, pretrained=True)
 
 
-@pytest.mark.parametrize("name", ["resnet20", "vgg", "sal_resnet20"])
+@pytest.mark.parametrize("name", ["resnet20", "vgg", "sal_resnet20", "resnext"])
 def test_pretrained_weights_and_card_are_shipped(name):
     assert weights_path(name).is_file()
     card = model_card(name)
