@@ -82,6 +82,9 @@ def _along(t: Tensor, x: Tensor, axis: int | None) -> Tensor:
     return t.reshape(shape)
 
 
+MIN_STEP = 1e-8  # the smallest learned step size (LSQ) a fake quantization divides by
+
+
 def lsq_quantize(
     x: Tensor, scale: Tensor, zero: Tensor, qmin: int, qmax: int, axis: int | None, grad_scale: float
 ) -> Tensor:
@@ -93,6 +96,9 @@ def lsq_quantize(
     s, z = _along(scale, x, axis), _along(zero, x, axis).to(x.dtype)
     if s.requires_grad:
         s = s * grad_scale + (s - s * grad_scale).detach()  # the value s, the gradient scaled
+        # a learned step that SGD pushed through zero (seen on the 3-weight channels of CP chains' depthwise
+        # stages at 4 bits) acts by its magnitude, never as a sign flip of an affine grid or a division by 0
+        s = s.abs().clamp_min(MIN_STEP)
     v = x * (1.0 / s)
     rounded = v + (torch.round(v) - v).detach()  # round, gradient straight through
     return ((rounded + z).clamp(qmin, qmax) - z) * s

@@ -257,6 +257,18 @@ def test_lsq_gradients_are_the_papers():
     assert float(s.grad) == pytest.approx(0.5 * ((0 - 0.3) + (-1 + 0.8) + 1.0))
 
 
+def test_a_learned_step_pushed_below_zero_acts_by_its_magnitude():
+    from factorch.layers.quantized import lsq_quantize
+
+    x = torch.tensor([0.3, -0.8, 5.0, 2.2])
+    zero = torch.tensor([3], dtype=torch.int32)  # an affine grid: a sign flip would move every value
+    positive = lsq_quantize(x, torch.tensor([0.5], requires_grad=True), zero, 0, 15, None, 1.0)
+    negative = lsq_quantize(x, torch.tensor([-0.5], requires_grad=True), zero, 0, 15, None, 1.0)
+    torch.testing.assert_close(negative, positive, rtol=0, atol=0)
+    dead = lsq_quantize(x, torch.tensor([0.0], requires_grad=True), zero, 0, 15, None, 1.0)
+    assert torch.isfinite(dead).all()
+
+
 def test_quantization_aware_training_learns_the_step_sizes(tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 4))
