@@ -9,7 +9,7 @@ last good one after a try that does not (bisection in log-score). The test set i
 model, at the end.
 
 With ``bits=(w, a)`` every try is factorized *and* quantized: the search chooses factorization ranks per layer
-(the factorization methods only) for the score that quantizing at ``w``-bit weights and ``a``-bit activations
+(the factorization methods whose chains keep their accuracy at those bits: `low_bit_stages`) for the score that quantizing at ``w``-bit weights and ``a``-bit activations
 leaves (the target divided by the score ratio the quantization gives the dense model, measured once), then
 every layer, the stages of the factorized chains included, is quantized (the first conv and the classifier at
 ``edge_bits``), and the distillation trains the quantized chain (learned step sizes at 4 bits or fewer).
@@ -251,7 +251,7 @@ def challenge(
     rules_obj = resolve_rules(rules)
     bits = _check_bits(bits, edge_bits)
     if methods is None:
-        methods = [m for m in list_methods(searchable=True) if bits is None or _factorizes(m)]
+        methods = [m for m in list_methods(searchable=True) if bits is None or (_factorizes(m) and _low_bit(m, bits))]
     methods = tuple(methods)
     if bits is not None and not all(_factorizes(m) for m in methods):
         raise ValueError(
@@ -346,6 +346,11 @@ def _check_bits(bits, edge_bits: int) -> tuple[int, int] | None:
 
 def _factorizes(method: str) -> bool:
     return issubclass(get_method(method).config, FactorizationConfig)
+
+
+def _low_bit(method: str, bits: tuple[int, int]) -> bool:
+    """Whether ``method``'s chains keep their accuracy with stages at ``bits`` (``low_bit_stages``)."""
+    return min(bits) > 4 or all(getattr(cls, "low_bit_stages", True) for cls in get_method(method).layers.values())
 
 
 def quantize_plan(model: nn.Module, inputs: Tensor, bits: tuple[int, int], edge_bits: int) -> Plan:

@@ -213,6 +213,10 @@ class FactorizedLayer(nn.Sequential, CompressedLayer):
     def _set_factors(self, layer: nn.Module) -> None:
         raise NotImplementedError
 
+    #: whether the chain's stages keep their accuracy when quantized to 4 bits or fewer (``challenge(bits=...)``
+    #: searches only methods whose chains do); see ``CPConv`` for the measurement that set it False there
+    low_bit_stages: ClassVar[bool] = True
+
     def _chain_weight(self) -> Tensor:
         """The dense weight the chain computes, in float64, its stages being plain layers."""
         raise NotImplementedError

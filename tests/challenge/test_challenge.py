@@ -121,16 +121,20 @@ def test_bits_factorize_then_quantize_every_try(tmp_path):
         auto_options={"calib_samples": 64, "polish": 10, "refine": 0, "cache": False, "keep_edges": False},
     )  # fmt: skip
     assert json.loads((tmp_path / "challenge.json").read_text())["settings"]["methods"] == [
-        "cp", "spatial-svd", "svd", "tucker2"
+        "spatial-svd", "svd", "tucker2"
     ]  # fmt: skip
     done = [t for t in result.tries if t.status == "done"]
     assert done
     model = factorch.load(tmp_path / done[0].folder, base_model=teacher())
     quantized = {n: m for n, m in model.named_modules() if isinstance(m, QuantizedLayer)}
-    assert quantized["0"].weight_bits == 8 and quantized["8"].weight_bits == 8  # the edges
+
+    def edge(name):  # the first conv and the classifier, or their stages once factorized (keep_edges=False)
+        return name.split(".")[0] in ("0", "8")
+
+    assert any(edge(n) for n in quantized) and all(m.weight_bits == 8 for n, m in quantized.items() if edge(n))
     chains = [m for m in model.modules() if isinstance(m, FactorizedLayer)]
     assert chains and all(c.compressed_stages() for c in chains)
-    assert all(m.weight_bits == 4 and m.act_bits == 4 for n, m in quantized.items() if n not in ("0", "8"))
+    assert all(m.weight_bits == 4 and m.act_bits == 4 for n, m in quantized.items() if not edge(n))
     assert done[0].score <= done[0].target * 1.01  # corrected for the quantized chains' float overhead
     with pytest.raises(ValueError, match="factorization methods"):
         challenge(teacher(), data(), example_inputs=torch.zeros(1, 1, 12, 12), min_accuracy=60.0,
