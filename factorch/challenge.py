@@ -9,8 +9,9 @@ last good one after a try that does not (bisection in log-score). The test set i
 model, at the end.
 
 With ``bits=(w, a)`` every try is factorized *and* quantized: the search chooses factorization ranks per layer
-(the factorization methods whose chains keep their accuracy at those bits: `low_bit_stages`) for the score that quantizing at ``w``-bit weights and ``a``-bit activations
-leaves (the target divided by the score ratio the quantization gives the dense model, measured once), then
+(the factorization methods whose chains keep their accuracy at those bits, ``low_bit_stages``) for the score
+that quantizing at ``w``-bit weights and ``a``-bit activations leaves (the target divided by the score ratio
+the quantization gives the dense model, measured once), then
 every layer, the stages of the factorized chains included, is quantized (the first conv and the classifier at
 ``edge_bits``), and the distillation trains the quantized chain (learned step sizes at 4 bits or fewer).
 
