@@ -175,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
         "or 4,8); the first conv and the classifier at --edge-bits",
     )
     p.add_argument("--edge-bits", type=int, default=8)
+    p.add_argument("--lr", type=float, default=None, help="distillation learning rate (0.01; with --bits 0.001)")
     p.add_argument("--calib", type=int, default=512, help="calibration images per search")
     p.add_argument("--first", type=float, default=0.1, help="first target, a fraction of the dense score")
     p.add_argument("--step", type=float, default=0.4, help="each next target this much lower while the floor holds")
@@ -533,7 +534,7 @@ def cmd_challenge(args: argparse.Namespace) -> int:
         epochs_per_try=args.epochs_per_try, test_data=fashion_mnist("test", args.data_root), val_size=args.val_size,
         val_data=fashion_mnist("train", args.data_root, augment=False), reference_accuracy=reference,
         calib_samples=args.calib, first=args.first, step=args.step, seed=args.seed, bits=_bits(args.bits),
-        edge_bits=args.edge_bits,
+        edge_bits=args.edge_bits, lr=args.lr,
     )  # fmt: skip
     console.print(result.to_markdown(), markup=False, highlight=False)
     console.print(f"saved to {args.out} (final/, report.md, report.json, accuracy_vs_score.png, challenge.json)")

@@ -142,3 +142,21 @@ def test_bits_factorize_then_quantize_every_try(tmp_path):
     with pytest.raises(ValueError, match="bit widths 2..8"):
         challenge(teacher(), data(), example_inputs=torch.zeros(1, 1, 12, 12), min_accuracy=60.0,
                   out_dir=tmp_path / "bad", bits=(4, 16))  # fmt: skip
+
+
+def test_quantized_tries_distil_at_the_lower_learning_rate(tmp_path, monkeypatch):
+    seen = []
+    real = challenge_module.finetune
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["lr"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(challenge_module, "finetune", spy)
+    run(tmp_path / "float")
+    challenge(
+        teacher(), data(), example_inputs=torch.zeros(1, 1, 12, 12), min_accuracy=60.0, out_dir=tmp_path / "q",
+        epochs=1, val_size=100, calib_samples=64, show_progress=False, bits=8,
+        auto_options={"calib_samples": 64, "polish": 10, "refine": 0, "cache": False},
+    )  # fmt: skip
+    assert set(seen[:-1]) == {0.01} and seen[-1] == challenge_module.QUANTIZED_LR == 0.001
