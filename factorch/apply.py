@@ -103,9 +103,7 @@ def model_storage(model: nn.Module) -> dict[str, int]:
     stored dense (their exact zeros are not counted as non-zero)."""
     params = nonzero = bits = 0
     inside: set[int] = set()
-    for _, layer in compressed_layers(model, nested=True):
-        if isinstance(layer, FactorizedLayer) and layer.compressed_stages():
-            continue  # its compressed stages count by their own Cost, its plain stages as plain tensors
+    for _, layer in compressed_layers(model):  # a chain's Cost counts its stages compressed in place
         cost = layer.layer_cost()
         params, nonzero, bits = params + cost.params, nonzero + cost.nonzero_params, bits + cost.size_bits
         inside.update(id(p) for p in layer.parameters())

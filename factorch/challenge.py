@@ -11,7 +11,7 @@ model, at the end.
 With ``bits=(w, a)`` every try is factorized *and* quantized: the search chooses factorization ranks per layer
 (the factorization methods whose chains keep their accuracy at those bits, ``low_bit_stages``) for the score
 that quantizing at ``w``-bit weights and ``a``-bit activations leaves (the target divided by the score ratio
-the quantization gives the dense model, measured once), then
+the quantization gives the dense model, measured in each try), then
 every layer, the stages of the factorized chains included, is quantized (the first conv and the classifier at
 ``edge_bits``), and the distillation trains the quantized chain (learned step sizes at 4 bits or fewer).
 
@@ -241,7 +241,8 @@ def challenge(
         show_progress: progress bars.
         auto_options: extra :class:`AutoConfig` fields (e.g. ``{"calib_samples": 256, "polish": 50}``).
         bits: quantize every try after its factorization search at these weight (and activation) bits (see the
-            module docstring); ``methods`` then defaults to the factorization methods.
+            module docstring); ``methods`` then defaults to the factorization methods whose chains keep their
+            accuracy at those bits (``low_bit_stages``).
         edge_bits: the bits of the first conv and the final classifier when ``bits`` is given.
         lr: the distillation's initial learning rate; ``None``: 0.01, or ``QUANTIZED_LR`` with ``bits`` (a
             resnet20 factorized and quantized at W4A4, 81.6 % before training, fell to 11 % after an epoch on
@@ -402,6 +403,8 @@ def _one_try(dense, train, val, calib, inputs, target, index, out, settings, rul
             if "out of reach" not in str(err) and not isinstance(err, TargetUnreachableError):
                 raise
             return Try(target, "unreachable", note=str(err).split(" (")[0])
+        if not steps:
+            break  # the search's own closed loop checked the score
         built = score(small, inputs, rules=rules).score
         if built <= target * QUANTIZED_TOLERANCE:
             break
