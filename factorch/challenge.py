@@ -15,6 +15,13 @@ the quantization gives the dense model, measured in each try), then
 every layer, the stages of the factorized chains included, is quantized (the first conv and the classifier at
 ``edge_bits``), and the distillation trains the quantized chain (learned step sizes at 4 bits or fewer).
 
+With ``structure="channels"`` a try removes whole channels instead of factorizing: the same share of every
+channel group (uniform structured pruning), at the largest MACs fraction whose model, quantized at ``bits``,
+scores at most the target (bisection in log-MACs, each point priced by quantizing and scoring it), the pruned
+layers refitted on the calibration inputs. Plain convs quantize with less damage than factorized chains,
+whose every stage adds its own rounding. ``float_epochs`` splits each try's distillation around the
+quantization: the smaller float network recovers first (lr 0.01), then the quantized one trains (``lr``).
+
 A model trained on the whole training set scores higher on any split of it than on unseen data (resnet20:
 95.64 % on the default validation split, 93.96 % on the test set), so a floor checked as is on such a split
 lets through models that fall below it on new data. With ``reference_accuracy`` (the dense model's published
@@ -46,10 +53,13 @@ from factorch.api import compress
 from factorch.apply import edge_layers
 from factorch.auto.closed_loop import TargetUnreachableError
 from factorch.auto.config import AutoConfig
+from factorch.calibrate.config import CalibrationConfig
 from factorch.complexity import resolve_rules, score
 from factorch.config import FactorizationConfig, Plan, QuantConfig
 from factorch.io import load, save
 from factorch.progress import progress_bar
+from factorch.prune.config import ChannelPruneConfig
+from factorch.rank.bisect import largest_feasible
 from factorch.registry import get_method, list_methods
 from factorch.surgery import candidate_layers, trace_layers
 from factorch.train import evaluate, finetune
@@ -213,6 +223,8 @@ def challenge(
     bits: int | tuple[int, int] | None = None,
     edge_bits: int = 8,
     lr: float | None = None,
+    structure: str = "factorize",
+    float_epochs: int = 0,
 ) -> ChallengeResult:
     """Search the lowest ``rules`` score at which the compressed, fine-tuned ``model`` keeps ``min_accuracy``.
 
@@ -247,6 +259,14 @@ def challenge(
         lr: the distillation's initial learning rate; ``None``: 0.01, or ``QUANTIZED_LR`` with ``bits`` (a
             resnet20 factorized and quantized at W4A4, 81.6 % before training, fell to 11 % after an epoch on
             4,000 images at 0.01 and rose to 88.5 % at 0.001).
+        structure: how each try makes the network smaller before any quantization: ``"factorize"`` (the
+            ``AutoConfig`` search over ``methods``) or ``"channels"`` (structured pruning: whole channels
+            removed, the same share from every channel group, :class:`~factorch.ChannelPruneConfig` with
+            ``allocation="uniform"``, to the largest MACs fraction whose model, quantized at ``bits``, meets
+            the try's score; the pruned layers refitted on the calibration inputs). See the module docstring.
+        float_epochs: with ``bits``, the first this many of each try's ``epochs_per_try`` distil the network
+            before it is quantized (at lr 0.01), the rest after (at ``lr``): the structure recovers in float,
+            then the quantized network trains.
 
     Returns:
         A :class:`ChallengeResult` (also written as ``report.md`` / ``report.json``, the chosen model as
@@ -269,6 +289,14 @@ def challenge(
             raise ValueError(f"challenge({name}=...) must be an int >= 1, got {value!r}")
     if epochs_per_try > epochs:
         raise ValueError(f"epochs_per_try ({epochs_per_try}) exceeds the epochs budget ({epochs})")
+    if structure not in STRUCTURES:
+        raise ValueError(f"challenge(structure=...) must be one of {', '.join(STRUCTURES)}, got {structure!r}")
+    if isinstance(float_epochs, bool) or not isinstance(float_epochs, int) or not 0 <= float_epochs < epochs_per_try:
+        raise ValueError(
+            f"challenge(float_epochs=...) must be an int in [0, epochs_per_try={epochs_per_try}), got {float_epochs!r}"
+        )
+    if float_epochs and bits is None:
+        raise ValueError("challenge(float_epochs=...) splits each try around its quantization: it needs bits=...")
     if reference_accuracy is not None and not 0 < reference_accuracy <= 100:
         raise ValueError(f"reference_accuracy must be a percentage in (0, 100], got {reference_accuracy!r}")
     if not 0 < first < 1 or not 0 < step < 1:
@@ -294,6 +322,8 @@ def challenge(
         settings["bits"], settings["edge_bits"] = list(bits), int(edge_bits)
     if lr is not None or bits is not None:
         settings["lr"] = float(lr if lr is not None else QUANTIZED_LR)
+    if structure != "factorize" or float_epochs:
+        settings["structure"], settings["float_epochs"] = structure, float_epochs
     state_path = out / STATE_FILE
     state = {"settings": settings, "tries": []}
     if state_path.is_file():
@@ -381,13 +411,49 @@ def _quantization_ratio(dense, calib, inputs, plan, rules) -> float:
     return score(quantized, inputs, rules=rules).score / score(dense, inputs, rules=rules).score
 
 
+STRUCTURES = ("factorize", "channels")
+FLOAT_LR = 0.01  # float_epochs: the learning rate of the distillation before quantizing
 QUANTIZED_LR = 0.001  # bits=...: the distillation's learning rate (see challenge's lr)
 QUANTIZED_TOLERANCE = 1.01  # bits=...: a built model within 1 % over the target is kept
 QUANTIZED_CORRECTIONS = 2  # bits=...: searches again with a corrected float target, at most this often
 
 
+def _channels_model(dense, calib, inputs, target, settings, rules) -> tuple[nn.Module | None, str]:
+    """The uniformly channel-pruned ``dense`` at the largest MACs fraction whose model (quantized at the
+    settings' bits, when given) scores at most ``target``, refitted on ``calib``; ``(None, why)`` when even
+    the smallest fraction tried does not."""
+    bits = settings.get("bits")
+
+    def pruned(fraction: float, refit: bool) -> nn.Module:
+        config = ChannelPruneConfig(f"macs={fraction:.6g}", allocation="uniform")
+        refit_with = CalibrationConfig(n_samples=len(calib), progress=False) if refit else None
+        return compress(dense, config, example_inputs=inputs, calib_data=calib, calibrate=refit_with)[0]
+
+    def scored(fraction: float) -> float:
+        model = pruned(fraction, refit=False)
+        if bits:
+            plan = quantize_plan(model, inputs, tuple(bits), settings["edge_bits"])
+            model = compress(model, plan, example_inputs=inputs, calib_data=calib[:CHANNELS_SCORE_SAMPLES])[0]
+        return score(model, inputs, rules=rules).score
+
+    def fraction_of(share: float) -> float:  # bisect in log-MACs: fractions from 1 down to CHANNELS_LEAST
+        return CHANNELS_LEAST ** (1 - share)
+
+    found = largest_feasible(lambda share: scored(fraction_of(share)), lambda s: s <= target, steps=CHANNELS_STEPS)
+    if found is None:
+        return None, f"channels pruned to macs={CHANNELS_LEAST:g} still score above {target:.6g}"
+    return pruned(fraction_of(found[0]), refit=True), ""
+
+
+CHANNELS_LEAST = 0.02  # structure="channels": the smallest MACs fraction tried
+CHANNELS_STEPS = 10  # its bisection steps (in log-MACs: about 4 % apart at the end)
+CHANNELS_SCORE_SAMPLES = 64  # inputs that set the activation ranges of a model built only to be scored
+
+
 def _one_try(dense, train, val, calib, inputs, target, index, out, settings, rules, show_progress) -> Try:
     folder = f"try-{index}"
+    if settings.get("structure") == "channels":
+        return _channels_try(dense, train, val, calib, inputs, target, folder, out, settings, rules, show_progress)
     options = {"calib_samples": settings["calib_samples"], "progress": show_progress, **settings["auto_options"]}
     steps: list[Any] = []
     search_target = target
@@ -411,13 +477,43 @@ def _one_try(dense, train, val, calib, inputs, target, index, out, settings, rul
         # the quantized chains keep more float overhead (biases, per-channel scales) than the dense model's
         # layers did: search again for a float score lower by the measured miss
         search_target *= target / built
-    small = finetune(small, train, teacher=dense, epochs=settings["epochs_per_try"], seed=settings["seed"],
-                     lr=settings.get("lr", 0.01), out_dir=out / folder / "finetune", resume=True,
-                     show_progress=show_progress)  # fmt: skip
+    if settings.get("float_epochs"):  # distil the float factorization, then quantize it again
+        small, _ = compress(dense, cfg, example_inputs=inputs, calib_data=calib)
+        small = _distil(small, dense, train, settings["float_epochs"], FLOAT_LR, out / folder / "finetune-float",
+                        settings, show_progress)  # fmt: skip
+        small, _ = compress(small, steps[0], example_inputs=inputs, calib_data=calib)
+    return _finish(small, dense, train, val, inputs, target, folder, out, settings, rules, show_progress)
+
+
+def _distil(model, dense, train, epochs, lr, folder, settings, show_progress) -> nn.Module:
+    return finetune(model, train, teacher=dense, epochs=epochs, seed=settings["seed"], lr=lr, out_dir=folder,
+                    resume=True, show_progress=show_progress)  # fmt: skip
+
+
+def _finish(small, dense, train, val, inputs, target, folder, out, settings, rules, show_progress) -> Try:
+    """The try's last distillation (its epochs after ``float_epochs``), saved and measured."""
+    epochs = settings["epochs_per_try"] - settings.get("float_epochs", 0)
+    small = _distil(small, dense, train, epochs, settings.get("lr", 0.01), out / folder / "finetune", settings,
+                    show_progress)  # fmt: skip
     save(small, out / folder / "model")
     achieved = score(small, inputs, rules=rules).score
     accuracy = float(evaluate(small, val, show_progress=False)["accuracy"])
     return Try(target, "done", achieved, accuracy, settings["epochs_per_try"], f"{folder}/model")
+
+
+def _channels_try(dense, train, val, calib, inputs, target, folder, out, settings, rules, show_progress) -> Try:
+    """A try of ``structure="channels"``: prune (see :func:`_channels_model`), distil ``float_epochs``,
+    quantize at the settings' bits, distil the rest."""
+    small, why = _channels_model(dense, calib, inputs, target, settings, rules)
+    if small is None:
+        return Try(target, "unreachable", note=why)
+    if settings.get("bits"):
+        if settings.get("float_epochs"):
+            small = _distil(small, dense, train, settings["float_epochs"], FLOAT_LR, out / folder / "finetune-float",
+                            settings, show_progress)  # fmt: skip
+        plan = quantize_plan(small, inputs, tuple(settings["bits"]), settings["edge_bits"])
+        small, _ = compress(small, plan, example_inputs=inputs, calib_data=calib)
+    return _finish(small, dense, train, val, inputs, target, folder, out, settings, rules, show_progress)
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:

@@ -176,6 +176,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--edge-bits", type=int, default=8)
     p.add_argument("--lr", type=float, default=None, help="distillation learning rate (0.01; with --bits 0.001)")
+    p.add_argument(
+        "--structure",
+        choices=("factorize", "channels"),
+        default="factorize",
+        help="how each try shrinks the network before quantizing: an AutoConfig factorization search over "
+        "--methods, or whole channels pruned (the same share of every group) to the largest MACs that meet the score",
+    )
+    p.add_argument(
+        "--float-epochs",
+        type=int,
+        default=0,
+        help="with --bits: of each try's --epochs-per-try, these distil before quantizing (lr 0.01), the rest after",
+    )
     p.add_argument("--calib", type=int, default=512, help="calibration images per search")
     p.add_argument("--first", type=float, default=0.1, help="first target, a fraction of the dense score")
     p.add_argument("--step", type=float, default=0.4, help="each next target this much lower while the floor holds")
@@ -534,7 +547,7 @@ def cmd_challenge(args: argparse.Namespace) -> int:
         epochs_per_try=args.epochs_per_try, test_data=fashion_mnist("test", args.data_root), val_size=args.val_size,
         val_data=fashion_mnist("train", args.data_root, augment=False), reference_accuracy=reference,
         calib_samples=args.calib, first=args.first, step=args.step, seed=args.seed, bits=_bits(args.bits),
-        edge_bits=args.edge_bits, lr=args.lr,
+        edge_bits=args.edge_bits, lr=args.lr, structure=args.structure, float_epochs=args.float_epochs,
     )  # fmt: skip
     console.print(result.to_markdown(), markup=False, highlight=False)
     console.print(f"saved to {args.out} (final/, report.md, report.json, accuracy_vs_score.png, challenge.json)")

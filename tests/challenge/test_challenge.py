@@ -160,3 +160,43 @@ def test_quantized_tries_distil_at_the_lower_learning_rate(tmp_path, monkeypatch
         auto_options={"calib_samples": 64, "polish": 10, "refine": 0, "cache": False},
     )  # fmt: skip
     assert set(seen[:-1]) == {0.01} and seen[-1] == challenge_module.QUANTIZED_LR == 0.001
+
+
+def test_channels_structure_prunes_then_distils_in_float_then_quantized(tmp_path, monkeypatch):
+    from factorch.layers.quantized import QuantizedLayer
+
+    seen = []
+    real = challenge_module.finetune
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs["lr"], kwargs["epochs"], kwargs["out_dir"].name))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(challenge_module, "finetune", spy)
+    result = challenge(
+        teacher(), data(), example_inputs=torch.zeros(1, 1, 12, 12), min_accuracy=60.0, out_dir=tmp_path,
+        epochs=3, epochs_per_try=3, val_size=100, calib_samples=64, show_progress=False, bits=4, edge_bits=8,
+        structure="channels", float_epochs=1, first=0.05,
+    )  # fmt: skip
+    (only,) = result.tries
+    assert only.status == "done" and only.score <= only.target
+    assert seen == [(challenge_module.FLOAT_LR, 1, "finetune-float"), (challenge_module.QUANTIZED_LR, 2, "finetune")]
+    settings = json.loads((tmp_path / "challenge.json").read_text())["settings"]
+    assert settings["structure"] == "channels" and settings["float_epochs"] == 1
+    model = factorch.load(tmp_path / only.folder, base_model=teacher())
+    quantized = {n: m for n, m in model.named_modules() if isinstance(m, QuantizedLayer)}
+    assert set(quantized) == {"0", "2", "4", "8"}  # every conv and the classifier, physically smaller
+    assert quantized["0"].weight_bits == 8 and quantized["8"].weight_bits == 8
+    assert quantized["2"].weight_bits == 4 and quantized["4"].act_bits == 4
+    widths = [quantized[n].spec.out_channels for n in ("0", "2", "4")]
+    assert sum(widths) < 16 + 32 + 32
+
+
+def test_challenge_options_are_checked(tmp_path):
+    kw = dict(example_inputs=torch.zeros(1, 1, 12, 12), min_accuracy=60.0, show_progress=False)
+    with pytest.raises(ValueError, match="structure"):
+        challenge(teacher(), data(), out_dir=tmp_path / "a", structure="prune", **kw)
+    with pytest.raises(ValueError, match="needs bits"):
+        challenge(teacher(), data(), out_dir=tmp_path / "b", epochs_per_try=2, float_epochs=1, **kw)
+    with pytest.raises(ValueError, match="float_epochs"):
+        challenge(teacher(), data(), out_dir=tmp_path / "c", epochs_per_try=2, float_epochs=2, bits=4, **kw)
