@@ -200,3 +200,26 @@ def test_challenge_options_are_checked(tmp_path):
         challenge(teacher(), data(), out_dir=tmp_path / "b", epochs_per_try=2, float_epochs=1, **kw)
     with pytest.raises(ValueError, match="float_epochs"):
         challenge(teacher(), data(), out_dir=tmp_path / "c", epochs_per_try=2, float_epochs=2, bits=4, **kw)
+
+
+def test_channels_model_is_the_largest_macs_fraction_meeting_the_score():
+    from factorch.challenge import _channels_model, quantize_plan
+    from factorch.complexity import resolve_rules
+
+    torch.manual_seed(0)
+    wide = nn.Sequential(
+        nn.Conv2d(1, 48, 3, padding=1), nn.ReLU(), nn.Conv2d(48, 64, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10),
+    ).eval()  # fmt: skip
+    x, calib = torch.zeros(1, 1, 12, 12), torch.randn(32, 1, 12, 12)
+    settings, rules = {"bits": [4, 4], "edge_bits": 8}, resolve_rules("effdl")
+
+    def quantized_score(model):
+        plan = quantize_plan(model, x, (4, 4), 8)
+        return factorch.score(factorch.compress(model, plan, example_inputs=x, calib_data=calib)[0], x).score
+
+    target = 0.4 * quantized_score(wide)
+    pruned, why = _channels_model(wide, calib, x, target, settings, rules)
+    # as close below the target as one channel of these widths allows (29 -> 30 channels moves it by 3 %)
+    assert why == "" and 0.97 * target < quantized_score(pruned) <= target
+    assert _channels_model(wide, calib, x, 1e-9, settings, rules)[0] is None
