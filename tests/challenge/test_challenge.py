@@ -223,3 +223,21 @@ def test_channels_model_is_the_largest_macs_fraction_meeting_the_score():
     # as close below the target as one channel of these widths allows (29 -> 30 channels moves it by 3 %)
     assert why == "" and 0.97 * target < quantized_score(pruned) <= target
     assert _channels_model(wide, calib, x, 1e-9, settings, rules)[0] is None
+
+
+def test_factorized_tries_distil_in_float_before_quantizing(tmp_path, monkeypatch):
+    seen = []
+    real = challenge_module.finetune
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs["lr"], kwargs["epochs"], kwargs["out_dir"].name))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(challenge_module, "finetune", spy)
+    result = challenge(
+        teacher(), data(), example_inputs=torch.zeros(1, 1, 12, 12), min_accuracy=60.0, out_dir=tmp_path,
+        epochs=2, epochs_per_try=2, val_size=100, calib_samples=64, show_progress=False, bits=8, float_epochs=1,
+        auto_options={"calib_samples": 64, "polish": 10, "refine": 0, "cache": False},
+    )  # fmt: skip
+    assert [t.status for t in result.tries] == ["done"]
+    assert seen == [(challenge_module.FLOAT_LR, 1, "finetune-float"), (challenge_module.QUANTIZED_LR, 1, "finetune")]
