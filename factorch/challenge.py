@@ -464,7 +464,8 @@ def _one_try(dense, train, val, calib, inputs, target, index, out, settings, rul
     for _ in range(QUANTIZED_CORRECTIONS + 1 if steps else 1):
         cfg = AutoConfig(f"score={search_target:.6g}", rules=rules, methods=settings["methods"], **options)
         try:
-            small, _ = compress(dense, [cfg, *steps] if steps else cfg, example_inputs=inputs, calib_data=calib)
+            factorized, _ = compress(dense, cfg, example_inputs=inputs, calib_data=calib)
+            small = compress(factorized, steps[0], example_inputs=inputs, calib_data=calib)[0] if steps else factorized
         except ValueError as err:  # up front ("out of reach"), or after building (TargetUnreachableError)
             if "out of reach" not in str(err) and not isinstance(err, TargetUnreachableError):
                 raise
@@ -478,8 +479,7 @@ def _one_try(dense, train, val, calib, inputs, target, index, out, settings, rul
         # layers did: search again for a float score lower by the measured miss
         search_target *= target / built
     if settings.get("float_epochs"):  # distil the float factorization, then quantize it again
-        small, _ = compress(dense, cfg, example_inputs=inputs, calib_data=calib)
-        small = _distil(small, dense, train, settings["float_epochs"], FLOAT_LR, out / folder / "finetune-float",
+        small = _distil(factorized, dense, train, settings["float_epochs"], FLOAT_LR, out / folder / "finetune-float",
                         settings, show_progress)  # fmt: skip
         small, _ = compress(small, steps[0], example_inputs=inputs, calib_data=calib)
     return _finish(small, dense, train, val, inputs, target, folder, out, settings, rules, show_progress)

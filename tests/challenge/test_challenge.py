@@ -36,6 +36,19 @@ def run(out, **kw):
     )  # fmt: skip
 
 
+def spy_finetune(monkeypatch) -> list[tuple[float, int, str]]:
+    """Record ``(lr, epochs, checkpoint folder name)`` of every distillation the challenge runs."""
+    seen = []
+    real = challenge_module.finetune
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs["lr"], kwargs["epochs"], kwargs["out_dir"].name))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(challenge_module, "finetune", spy)
+    return seen
+
+
 def test_targets_go_down_while_the_floor_holds_then_bisect():
     ok = Try(0.1, "done", 0.09, 95.0)
     assert next_target([], 93.0, 1.0, 0.1, 0.4) == pytest.approx(0.1)
@@ -145,34 +158,21 @@ def test_bits_factorize_then_quantize_every_try(tmp_path):
 
 
 def test_quantized_tries_distil_at_the_lower_learning_rate(tmp_path, monkeypatch):
-    seen = []
-    real = challenge_module.finetune
-
-    def spy(*args, **kwargs):
-        seen.append(kwargs["lr"])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(challenge_module, "finetune", spy)
+    seen = spy_finetune(monkeypatch)
     run(tmp_path / "float")
     challenge(
         teacher(), data(), example_inputs=torch.zeros(1, 1, 12, 12), min_accuracy=60.0, out_dir=tmp_path / "q",
         epochs=1, val_size=100, calib_samples=64, show_progress=False, bits=8,
         auto_options={"calib_samples": 64, "polish": 10, "refine": 0, "cache": False},
     )  # fmt: skip
-    assert set(seen[:-1]) == {0.01} and seen[-1] == challenge_module.QUANTIZED_LR == 0.001
+    lrs = [lr for lr, _, _ in seen]
+    assert set(lrs[:-1]) == {0.01} and lrs[-1] == challenge_module.QUANTIZED_LR == 0.001
 
 
 def test_channels_structure_prunes_then_distils_in_float_then_quantized(tmp_path, monkeypatch):
     from factorch.layers.quantized import QuantizedLayer
 
-    seen = []
-    real = challenge_module.finetune
-
-    def spy(*args, **kwargs):
-        seen.append((kwargs["lr"], kwargs["epochs"], kwargs["out_dir"].name))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(challenge_module, "finetune", spy)
+    seen = spy_finetune(monkeypatch)
     result = challenge(
         teacher(), data(), example_inputs=torch.zeros(1, 1, 12, 12), min_accuracy=60.0, out_dir=tmp_path,
         epochs=3, epochs_per_try=3, val_size=100, calib_samples=64, show_progress=False, bits=4, edge_bits=8,
@@ -226,14 +226,7 @@ def test_channels_model_is_the_largest_macs_fraction_meeting_the_score():
 
 
 def test_factorized_tries_distil_in_float_before_quantizing(tmp_path, monkeypatch):
-    seen = []
-    real = challenge_module.finetune
-
-    def spy(*args, **kwargs):
-        seen.append((kwargs["lr"], kwargs["epochs"], kwargs["out_dir"].name))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(challenge_module, "finetune", spy)
+    seen = spy_finetune(monkeypatch)
     result = challenge(
         teacher(), data(), example_inputs=torch.zeros(1, 1, 12, 12), min_accuracy=60.0, out_dir=tmp_path,
         epochs=2, epochs_per_try=2, val_size=100, calib_samples=64, show_progress=False, bits=8, float_epochs=1,
