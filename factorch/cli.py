@@ -268,7 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained", action="store_true", help="start from the shipped Fashion-MNIST weights")
     goal = p.add_mutually_exclusive_group(required=True)
     goal.add_argument("--sparsity", type=float, help="unstructured: share of the weights removed, in [0, 1)")
-    goal.add_argument("--target", help="structured: macs=F or params=F of the whole model (implies --structured)")
+    goal.add_argument(
+        "--target",
+        help="structured: macs=F, params=F or latency=F (measured) of the whole model (implies --structured)",
+    )
     p.add_argument("--structured", action="store_true", help="remove whole filters / channels / neurons")
     p.add_argument(
         "--scope", default="global", choices=["global", "layer"], help="unstructured: one threshold, or per layer"
@@ -282,10 +285,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--allocation",
         default="auto",
-        choices=["auto", "global", "uniform"],
-        help="structured: channels ranked across the network, the same share from every layer, or whichever of "
-        "the two keeps the outputs closest to the unpruned model's on the calibration images",
+        choices=["auto", "global", "uniform", "levels"],
+        help="structured: channels ranked across the network, the same share from every layer, one share per "
+        "feature-map size searched by measured damage (and latency), or whichever keeps the outputs closest to "
+        "the unpruned model's on the calibration images",
     )
+    p.add_argument(
+        "--max-latency",
+        type=float,
+        default=None,
+        metavar="F",
+        help="structured: also run in at most F x the dense latency, measured on --runtime at --batch-size",
+    )
+    p.add_argument("--runtime", default="torch", choices=["torch", "onnxruntime"], help="where latency is measured")
+    p.add_argument("--batch-size", type=int, default=64, help="batch size of the latency measurements")
     p.add_argument("--steps", type=int, default=1, metavar="K", help="prune in K steps, fine-tuning after each")
     p.add_argument(
         "--schedule", default="polynomial", choices=["polynomial", "linear"], help="sparsity steps (Zhu & Gupta / Han)"
@@ -703,7 +716,14 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if args.sparsity is not None:
         config = factorch.PruneConfig(sparsity=args.sparsity, scope=args.scope)
     else:
-        config = factorch.ChannelPruneConfig(args.target, criterion=args.criterion, allocation=args.allocation)
+        config = factorch.ChannelPruneConfig(
+            args.target,
+            criterion=args.criterion,
+            allocation=args.allocation,
+            max_latency=args.max_latency,
+            runtime=args.runtime,
+            batch_size=args.batch_size,
+        )
     if args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
     epochs = args.finetune_epochs if args.finetune_epochs is not None else (1 if args.steps > 1 else 0)
@@ -712,7 +732,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     calib, calibrate = None, None
     structured = isinstance(config, factorch.ChannelPruneConfig)
-    if structured and (config.criterion == "activation" or config.allocation == "auto" or args.calibrate):
+    needs_calib = config.criterion == "activation" or config.allocation in ("auto", "levels") if structured else False
+    if structured and (needs_calib or config.latency_bound is not None or args.calibrate):
         calib = _calibration(args, max(args.calib, args.calibrate))
     if structured and args.calibrate:
         calibrate = factorch.CalibrationConfig(n_samples=args.calibrate)
@@ -740,7 +761,13 @@ def cmd_prune(args: argparse.Namespace) -> int:
     report.totals["compress_time_s"] = round(time.perf_counter() - t0, 2)
     if (chosen := report.totals.get("allocation")) is not None:
         why = chosen.get("why") or ", ".join(f"{a} {d:.4g}" for a, d in chosen["damage"].items()) + " (output KL)"
+        if chosen.get("latency"):
+            why += "; latency x dense: " + ", ".join(f"{a} {v:.3f}" for a, v in chosen["latency"].items())
         console.print(f"channel allocation: {chosen['allocation']} ({why})")
+        if chosen.get("levels"):
+            found = chosen["levels"]
+            shares = ", ".join(f"{lvl} {s:g}" for lvl, s in zip(found["levels"], found["shares"]))
+            console.print(f"channels kept per feature-map size: {shares} ({found['seconds']:.0f} s search)")
     if test is not None:
         before = evaluate(model, test, description="evaluate dense")
         after = evaluate(pruned, test, description="evaluate pruned")

@@ -350,6 +350,12 @@ def compress_in_stages(
     if isinstance(config, ChannelPruneConfig):
         if target is not None:
             raise ValueError(f"target={target!r}: a ChannelPruneConfig carries its own target ({config.target!r})")
+        if config.latency_bound is not None:
+            raise ValueError(
+                f"ChannelPruneConfig(target={config.target!r}, max_latency={config.max_latency!r}): a latency bound "
+                "is measured against the model a stage starts from; prune to it in one stage (stages=1 / "
+                "compress), then fine-tune"
+            )
         channel, config = config, AutoConfig(config.target)  # the stage fractions follow its target
     if isinstance(config, AutoConfig):
         goal = config.parsed_target

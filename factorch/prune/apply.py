@@ -12,14 +12,24 @@ from torch import Tensor, nn
 from factorch.apply import PLAN_ATTR, dense_layer_cost, model_storage, storage_totals
 from factorch.auto.closed_loop import _copy_into as copy_into
 from factorch.auto.sensitivity import OutputScorer, model_outputs
+from factorch.auto.timing import time_pair
 from factorch.calibrate.config import CalibrationConfig
 from factorch.calibrate.reconstruct import capture, execution_order, fit_linear_
 from factorch.data.calib import calibration_inputs
 from factorch.layers import CompressedLayer
 from factorch.layers.base import layer_geometry
+from factorch.profiling import profile
 from factorch.progress import progress_bar
-from factorch.prune.channels import prune_channels
+from factorch.prune.channels import (
+    CostModel,
+    calibration_batches,
+    channel_importance,
+    normalize_importance,
+    prune_channels,
+)
 from factorch.prune.config import ChannelPruneConfig
+from factorch.prune.graph import analyze_channels
+from factorch.prune.levels import level_search
 from factorch.rank.bisect import largest_feasible
 from factorch.report import CompressionReport, LayerReport
 from factorch.surgery import compressed_layers, conv_bn_pairs, fold_batchnorms, trace_layers
@@ -63,11 +73,25 @@ def channel_prune(
         round_to=config.round_to,
     )
 
+    bound = config.latency_bound
+    if (config.allocation == "levels" or bound is not None) and calib is None:
+        raise ValueError(
+            "ChannelPruneConfig(allocation='levels') and latency bounds need calib_data (the per-level shares "
+            "are chosen by the damage measured on it)"
+        )
+    reference = copy.deepcopy(model).eval() if bound is not None else None
+    latency = None if bound is None else _latency_ratio(reference, inputs, config)
+    levels = None
+
     def allocate(allocation: str, inplace: bool):
+        nonlocal levels
         if allocation == "global":
             pruned, result = prune_channels(model, inputs, target=config.target, inplace=inplace, **options)
-        else:
+        elif allocation == "uniform":
             pruned, result = _uniform_allocation(model, inputs, config, inplace=inplace, **options)
+        else:
+            levels = _level_allocation(model, inputs, config, calib, latency, options)
+            pruned, result = prune_channels(model, inputs, ratio=levels.ratios, inplace=inplace, **options)
         reconstruction = None
         if calibrate is not None:
             reconstruction = reconstruct_inputs_(
@@ -78,14 +102,29 @@ def channel_prune(
     chosen = None
     if config.allocation != "auto":
         pruned, result, reconstruction = allocate(config.allocation, inplace)
+        if levels is not None:
+            chosen = {"allocation": "levels", "damage": {"levels": levels.damage}, "levels": levels.to_dict()}
+            if bound is not None:
+                chosen["latency"] = {"levels": levels.latency}
     elif calib is None:
         pruned, result, reconstruction = allocate("global", inplace)
         chosen = {"allocation": "global", "why": "no calib_data to compare the allocations on"}
     else:
-        built = {a: allocate(a, False) for a in ("global", "uniform")}
+        names = ("global", "uniform", "levels") if bound is not None else ("global", "uniform")
+        if config.parsed_target.kind == "latency":
+            names = ("levels",)  # the other two need a MACs / parameter budget
+        built = {a: allocate(a, False) for a in names}
         damage = dict(zip(built, _output_damages(model, [b[0] for b in built.values()], calib)))
-        best = min(damage, key=damage.get)
-        chosen = {"allocation": best, "damage": damage}
+        chosen = {"allocation": None, "damage": damage}
+        eligible = list(built)
+        if bound is not None:
+            speed = {a: (levels.latency if a == "levels" else latency(built[a][0])) for a in built}
+            chosen["latency"] = speed
+            eligible = [a for a in built if a == "levels" or speed[a] <= bound]
+        best = min(eligible, key=damage.get)
+        chosen["allocation"] = best
+        if levels is not None:
+            chosen["levels"] = levels.to_dict()
         pruned, result, reconstruction = built[best]
         if inplace:  # the structure changed: the caller's object becomes the pruned model
             copy_into(model, pruned)
@@ -163,6 +202,79 @@ def _output_damages(reference: nn.Module, models: list[nn.Module], inputs: Tenso
     finally:
         for m, flag in flags.items():
             m.train(flag)
+
+
+def _latency_ratio(reference: nn.Module, inputs: tuple, config: ChannelPruneConfig):
+    """``model -> its latency / reference's`` on ``config.runtime`` at ``config.batch_size`` (paired calls)."""
+
+    def ratio(candidate: nn.Module) -> float:
+        dense_s, candidate_s = time_pair(
+            reference, candidate.eval(), inputs, batch_sizes=(config.batch_size,), runtime=config.runtime, repeats=9
+        )[config.batch_size]
+        return candidate_s / dense_s
+
+    return ratio
+
+
+def _level_allocation(model: nn.Module, inputs: tuple, config: ChannelPruneConfig, calib: Tensor, latency, options):
+    """The per-level shares of :func:`~factorch.prune.levels.level_search` for ``config``, damage measured on
+    (at most 512 of) the calibration inputs."""
+    graph = analyze_channels(model, inputs, ignored=options["ignored"])
+    batches = calibration_batches(options["calib_data"], inputs)
+    scores = normalize_importance(channel_importance(model, graph, options["criterion"], batches))
+    cost = CostModel.build(graph, profile(model, inputs))
+    reference = copy.deepcopy(model).eval()
+    probe = calib[:512]
+    scorer = OutputScorer(model_outputs(reference, probe), "kl")
+
+    def damage(candidate: nn.Module) -> float:
+        reestimate_batchnorm_(candidate, probe)
+        with torch.no_grad():
+            return scorer(model_outputs(candidate.eval(), probe))
+
+    goal = config.parsed_target
+    budget = (goal.kind, goal.fraction) if goal.kind in ("macs", "params") else (None, None)
+    return level_search(
+        reference,
+        graph,
+        scores,
+        cost,
+        inputs,
+        damage=damage,
+        metric=budget[0],
+        fraction=budget[1],
+        latency=latency,
+        max_latency=config.latency_bound,
+        min_channels=options["min_channels"],
+        round_to=options["round_to"],
+    )
+
+
+def reestimate_batchnorm_(model: nn.Module, inputs: Tensor, batch_size: int = 128) -> nn.Module:
+    """Re-estimate every BatchNorm's running statistics of ``model`` on ``inputs`` (a cumulative average over
+    the batches, no gradients, no labels); the model is left in eval mode.
+
+    Removing channels shifts the statistics the following BatchNorms see, so a pruned model judged with the
+    dense model's statistics looks far worse than it is after any training. Judging candidates after this
+    cheap re-estimation ranks them as fine-tuning later does ("adaptive BN", Li et al. 2020, EagleEye).
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return model.eval()
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average over the batches
+    model.train()
+    try:
+        with torch.no_grad():
+            for batch in inputs.split(batch_size):
+                model(batch)
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        model.eval()
+    return model
 
 
 def _uniform_allocation(model: nn.Module, inputs: tuple, config: ChannelPruneConfig, *, inplace: bool, **options):

@@ -133,6 +133,18 @@ def activation_importance(
         return record
 
     handles = [model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in consumers]
+    run_hooked(model, handles, batches)
+    fallback = l1_importance(model, graph, batches)
+    scores = {}
+    for g in graph.prunable_groups:
+        read = any(role == "in" and module in sums for module, role in g.layers)
+        scores[g.name] = _sum_over_slices(g, "in", sums) / len(batches) if read else fallback[g.name]
+    return scores
+
+
+def run_hooked(model: nn.Module, handles: list, batches: Iterable[tuple[Tensor, ...]]) -> None:
+    """Run ``model`` on ``batches`` in eval mode without gradients, then remove the hook ``handles`` and restore
+    every module's training flag."""
     flags = {m: m.training for m in model.modules()}
     try:
         model.eval()
@@ -144,12 +156,6 @@ def activation_importance(
             h.remove()
         for m, flag in flags.items():
             m.training = flag
-    fallback = l1_importance(model, graph, batches)
-    scores = {}
-    for g in graph.prunable_groups:
-        read = any(role == "in" and module in sums for module, role in g.layers)
-        scores[g.name] = _sum_over_slices(g, "in", sums) / len(batches) if read else fallback[g.name]
-    return scores
 
 
 CRITERIA: dict[str, Importance] = {

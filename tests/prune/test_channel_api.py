@@ -55,7 +55,12 @@ def test_channel_pruning_then_autoconfig_in_one_call(tmp_path):
 
 
 def test_channel_config_validates():
-    for bad in (dict(target="latency=0.5"), dict(target="macs"), dict(criterion="random"), dict(round_to=0)):
+    for bad in (
+        dict(target="latency=0.5", allocation="global"),
+        dict(target="macs"),
+        dict(criterion="random"),
+        dict(round_to=0),
+    ):
         with pytest.raises(ValueError, match="ChannelPruneConfig"):
             factorch.ChannelPruneConfig(**bad)
     with pytest.raises(ValueError, match="needs calib_data"):
