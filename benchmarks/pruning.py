@@ -49,6 +49,7 @@ from torch.utils.data import DataLoader
 import factorch
 from factorch.data import calibration_subset, fashion_mnist
 from factorch.profiling import profile
+from factorch.prune.levels import level_model
 from factorch.stages import prune_sparsity
 from factorch.train import evaluate
 
@@ -65,11 +66,14 @@ def edges(model: nn.Module) -> set[str]:
     return {convs[0], linears[-1]}
 
 
+LR = 0.01  # the distillation's starting learning rate (--lr)
+
+
 def kd(model: nn.Module, dense: nn.Module, train, epochs: int, seed: int, out_dir: Path) -> nn.Module:
     if epochs <= 0:
         return model
     return factorch.finetune(
-        model, train, teacher=dense, epochs=epochs, seed=seed, out_dir=out_dir, resume=True, inplace=True
+        model, train, teacher=dense, epochs=epochs, seed=seed, out_dir=out_dir, resume=True, inplace=True, lr=LR
     )
 
 
@@ -126,16 +130,20 @@ def torch_unstructured(dense, train, sparsity, steps, epochs, key):
 
 
 # -- structured --------------------------------------------------------------------------------------------
-def factorch_structured(dense, target, calib, allocation="auto", round_to=1):
+def factorch_structured(dense, target, calib, allocation="auto", round_to=1, max_latency=None):
     """Filters ranked by L1 norm (globally, or the same share in every layer, or whichever of the two keeps the
-    outputs closest on the calibration images: the default); then each layer that lost inputs refitted to the
-    dense responses on 1024 training images (``calibrate=``, least squares, no labels)."""
-    cfg = factorch.ChannelPruneConfig(target, allocation=allocation, round_to=round_to)
+    outputs closest on the calibration images: the default; with ``max_latency``, also one share per feature-map
+    size searched by measured damage and latency, and only allocations measured within the bound kept); then
+    each layer that lost inputs refitted to the dense responses on 1024 training images (``calibrate=``, least
+    squares, no labels)."""
+    cfg = factorch.ChannelPruneConfig(target, allocation=allocation, round_to=round_to, max_latency=max_latency)
     model, report = factorch.compress(
         dense, cfg, example_inputs=X, calib_data=calib,
         calibrate=factorch.CalibrationConfig(n_samples=1024, progress=False),
     )  # fmt: skip
     extra = {"reconstruction_s": report.totals["reconstruction"]["seconds"], "round_to": round_to}
+    if max_latency is not None:
+        extra["max_latency"] = max_latency
     if "allocation" in report.totals:
         extra["allocation"] = report.totals["allocation"]
     return model, extra
@@ -203,6 +211,15 @@ def main() -> None:
     parser.add_argument("--epochs-combined", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--round-to", type=int, default=1, help="structured rows: channel counts kept at multiples")
+    parser.add_argument(
+        "--max-latency", type=float, default=None, help="structured rows: ChannelPruneConfig(max_latency=F) too"
+    )
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=0.01,
+        help="the distillation's starting learning rate (rows at another lr than 0.01 get ' lr X' in their name)",
+    )
     parser.add_argument("--combined-channels", type=float, default=0.5, help="combined: MACs left by the channel step")
     parser.add_argument(
         "--combined-kinds", default="factorization,channels,channels+factorization", help="combined: rows to run"
@@ -217,8 +234,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    global NAME
-    NAME = args.results
+    global NAME, LR
+    NAME, LR = args.results, args.lr
     path = RESULTS / f"{NAME}.json"
     out = json.loads(path.read_text()) if path.is_file() else {"models": {}}
     out["setup"] = {
@@ -246,6 +263,9 @@ def main() -> None:
         print(f"== {name}: dense {res['dense_accuracy']} %", flush=True)
         s = SPARSITY[name]
         suffix = f" round_to {args.round_to}" if args.round_to > 1 else ""
+        suffix += f" lr {args.lr:g}" if args.lr != 0.01 else ""
+        bound = args.max_latency
+        lat = f" max_latency {bound:g}" if bound is not None else ""
         plan = []
         if "unstructured" in rows:
             e, k = args.epochs_unstructured, args.steps
@@ -257,25 +277,26 @@ def main() -> None:
                              k, e, f"{name}-u-torch"), 0))  # fmt: skip
         if "structured" in rows:
             if "factorch" in tools:
-                plan.append((f"structured macs=0.5 factorch{suffix}", lambda: factorch_structured(dense, "macs=0.5",
-                             calib, round_to=args.round_to), args.epochs_structured))  # fmt: skip
+                plan.append((f"structured macs=0.5 factorch{suffix}{lat}", lambda: factorch_structured(dense,
+                             "macs=0.5", calib, round_to=args.round_to, max_latency=bound),
+                             args.epochs_structured))  # fmt: skip
             if "uniform" in tools:
                 uniform = lambda: factorch_structured(dense, "macs=0.5", calib, "uniform")  # noqa: E731
-                plan.append(("structured macs=0.5 factorch uniform", uniform, args.epochs_structured))
+                plan.append((f"structured macs=0.5 factorch uniform{suffix}", uniform, args.epochs_structured))
             if "peer" in tools:
-                plan.append(("structured macs=0.5 Torch-Pruning", lambda: tp_structured(dense, "macs=0.5"),
+                plan.append((f"structured macs=0.5 Torch-Pruning{suffix}", lambda: tp_structured(dense, "macs=0.5"),
                              args.epochs_structured))  # fmt: skip
         if "spread" in rows:
             for seed in (1, 2):
-                row = f"structured macs=0.5 factorch{suffix} seed {seed}"
-                plan.append((row, lambda: factorch_structured(dense, "macs=0.5", calib, round_to=args.round_to),
-                             args.epochs_structured))  # fmt: skip
+                row = f"structured macs=0.5 factorch{suffix}{lat} seed {seed}"
+                plan.append((row, lambda: factorch_structured(dense, "macs=0.5", calib, round_to=args.round_to,
+                             max_latency=bound), args.epochs_structured))  # fmt: skip
         if "combined" in rows:
             first = args.combined_channels
             for kind in args.combined_kinds.split(","):
                 row = f"combined macs=0.2 {kind}"
                 row += f" (channels to {first:g})" if kind.startswith("channels+") else ""
-                row += suffix if kind != "factorization" else ""
+                row += suffix if kind != "factorization" else (f" lr {args.lr:g}" if args.lr != 0.01 else "")
                 plan.append((row, lambda kind=kind: combined(dense, kind, calib, first, args.round_to),
                              args.epochs_combined))  # fmt: skip
         for row, build, epochs in plan:
@@ -306,6 +327,10 @@ def retime(out: dict, models: list[str]) -> None:
     def channels(target):  # the row's structure again: its allocation and rounding (weights do not matter)
         def build(d, r):
             allocation = r.get("allocation", {}).get("allocation", "global")
+            if allocation == "levels":  # the shares the search chose, per feature-map size
+                found = r["allocation"]["levels"]
+                shares = dict(zip(found["levels"], found["shares"]))
+                return level_model(d, X, shares, round_to=r.get("round_to", 1))
             cfg = factorch.ChannelPruneConfig(target, allocation=allocation, round_to=r.get("round_to", 1))
             return factorch.compress(d, cfg, example_inputs=X)[0]
 
@@ -319,10 +344,14 @@ def retime(out: dict, models: list[str]) -> None:
     for name in models:
         dense = factorch.models.create_model(name, pretrained=True).eval()
         for row, r in out["models"].get(name, {}).get("rows", {}).items():
-            build = builders.get(row.split(" seed ")[0].split(" round_to ")[0])
+            build = builders.get(
+                row.split(" seed ")[0].split(" round_to ")[0].split(" max_latency ")[0].split(" lr ")[0]
+            )
             if build is None or "error" in r:
                 continue
+            runs = r.setdefault("latency_b64_runs", [r["latency_ratio_b64"]] if "latency_ratio_b64" in r else [])
             r.update(latency(build(dense, r), dense), latency_retimed=True)
+            runs.append(r["latency_ratio_b64"])
             print(f"   {name} {row}: x{r['latency_ratio_b64']:.3f} (b64)", flush=True)
             write(out)
 
@@ -356,6 +385,9 @@ def write(out: dict) -> None:
                 continue
 
             retimed = " (latency re-timed)" if r.get("latency_retimed") else ""
+            runs = r.get("latency_b64_runs") or []
+            if len(runs) > 1:  # every process that timed it: the spread between processes
+                retimed = f" (latency re-timed; b64 in {len(runs)} processes: {min(runs):.2f}-{max(runs):.2f})"
 
             def f(key, fmt=".3f", r=r):
                 return format(r[key], fmt) if r.get(key) is not None else "-"
