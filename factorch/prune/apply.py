@@ -29,7 +29,7 @@ from factorch.prune.channels import (
 )
 from factorch.prune.config import ChannelPruneConfig
 from factorch.prune.graph import analyze_channels
-from factorch.prune.levels import level_search
+from factorch.prune.levels import LevelResult, level_search
 from factorch.rank.bisect import largest_feasible
 from factorch.report import CompressionReport, LayerReport
 from factorch.surgery import compressed_layers, conv_bn_pairs, fold_batchnorms, trace_layers
@@ -79,7 +79,8 @@ def channel_prune(
             "ChannelPruneConfig(allocation='levels') and latency bounds need calib_data (the per-level shares "
             "are chosen by the damage measured on it)"
         )
-    reference = copy.deepcopy(model).eval() if bound is not None else None
+    searched = bound is not None or config.allocation == "levels"
+    reference = copy.deepcopy(model).eval() if searched else None  # the dense model the search measures against
     latency = None if bound is None else _latency_ratio(reference, inputs, config)
     levels = None
 
@@ -90,7 +91,7 @@ def channel_prune(
         elif allocation == "uniform":
             pruned, result = _uniform_allocation(model, inputs, config, inplace=inplace, **options)
         else:
-            levels = _level_allocation(model, inputs, config, calib, latency, options)
+            levels = _level_allocation(reference, inputs, config, calib, latency, options)
             pruned, result = prune_channels(model, inputs, ratio=levels.ratios, inplace=inplace, **options)
         reconstruction = None
         if calibrate is not None:
@@ -216,14 +217,15 @@ def _latency_ratio(reference: nn.Module, inputs: tuple, config: ChannelPruneConf
     return ratio
 
 
-def _level_allocation(model: nn.Module, inputs: tuple, config: ChannelPruneConfig, calib: Tensor, latency, options):
-    """The per-level shares of :func:`~factorch.prune.levels.level_search` for ``config``, damage measured on
-    (at most 512 of) the calibration inputs."""
-    graph = analyze_channels(model, inputs, ignored=options["ignored"])
+def _level_allocation(
+    reference: nn.Module, inputs: tuple, config: ChannelPruneConfig, calib: Tensor, latency, options
+) -> LevelResult:
+    """The per-level shares of :func:`~factorch.prune.levels.level_search` for ``config`` on ``reference`` (an
+    eval-mode copy of the dense model), damage measured on (at most 512 of) the calibration inputs."""
+    graph = analyze_channels(reference, inputs, ignored=options["ignored"])
     batches = calibration_batches(options["calib_data"], inputs)
-    scores = normalize_importance(channel_importance(model, graph, options["criterion"], batches))
-    cost = CostModel.build(graph, profile(model, inputs))
-    reference = copy.deepcopy(model).eval()
+    scores = normalize_importance(channel_importance(reference, graph, options["criterion"], batches))
+    cost = CostModel.build(graph, profile(reference, inputs))
     probe = calib[:512]
     scorer = OutputScorer(model_outputs(reference, probe), "kl")
 

@@ -5,9 +5,10 @@ Why levels. On a CPU a small conv's time is far from proportional to its MACs: a
 networks it grows about linearly with the channels (reading and writing feature maps), not with their square,
 and oneDNN switches kernels at some widths (measured here, batch 64, 2 threads: a 3x3 conv on 28x28 maps
 takes 1.6 ms at 14 channels and 6.1 ms at 16). So the same MACs cost very different times depending on *where*
-channels go: on resnet20 at ``macs=0.5`` the global and uniform allocations run at 0.66-0.83x dense, and
-keeping half the 28x28 channels, all the 14x14 ones and 40 % of the 7x7 ones runs at 0.55x with less output
-damage. Channels at one map size share a runtime regime, so a share per size is the few-parameter family
+channels go: on resnet20 at ``macs=0.5``, timed in one process, the global and uniform allocations ran at
+0.66-0.83x dense, and keeping half the 28x28 channels, all the 14x14 ones and 40 % of the 7x7 ones at 0.55x
+with less output damage (how far such ratios move between processes: ``benchmarks/latency_processes.py``).
+Channels at one map size share a runtime regime, so a share per size is the few-parameter family
 worth searching (NetAdapt, Yang et al. 2018, searches per layer with measured latency; MorphNet and
 "network slimming" per layer by MACs; per-stage widths are how EfficientNet / RegNet scale networks).
 
@@ -34,6 +35,7 @@ Nothing here is fitted to one model: the curves are measured on the model, the m
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -104,7 +106,7 @@ class LevelResult:
 def group_levels(model: nn.Module, graph: ChannelGraph, inputs: tuple[Tensor, ...]) -> dict[str, str]:
     """``{prunable group: level}``: the spatial size of the group's first producer's output (``"28x28"``),
     or ``"features"`` for an output without spatial dims (Linear neurons)."""
-    producers = {g.name: next(m for m, role in g.layers if role == "out") for g in graph.prunable_groups}
+    producers = {g.name: _producer(g) for g in graph.prunable_groups}
     wanted = set(producers.values())
     shapes: dict[str, tuple[int, ...]] = {}
 
@@ -126,7 +128,7 @@ def group_levels(model: nn.Module, graph: ChannelGraph, inputs: tuple[Tensor, ..
 
 def _level_order(levels: Mapping[str, str]) -> tuple[str, ...]:
     def size(label: str) -> int:
-        return -1 if label == "features" else int(torch.tensor([int(d) for d in label.split("x")]).prod())
+        return -1 if label == "features" else math.prod(int(d) for d in label.split("x"))
 
     return tuple(sorted(set(levels.values()), key=size, reverse=True))
 
@@ -152,11 +154,7 @@ def level_masks(
 def level_ratios(graph: ChannelGraph, levels: Mapping[str, str], shares: Mapping[str, float]) -> dict[str, float]:
     """``{producer layer: fraction removed}`` (:func:`~factorch.prune.channels.prune_channels`'s ``ratio=``)
     for ``shares`` per level; the model it builds is the one :func:`level_masks` describes."""
-    ratios = {}
-    for g in graph.prunable_groups:
-        producer = next(m for m, role in g.layers if role == "out")
-        ratios[producer] = 1.0 - shares.get(levels[g.name], 1.0)
-    return ratios
+    return {_producer(g): 1.0 - shares.get(levels[g.name], 1.0) for g in graph.prunable_groups}
 
 
 def level_model(
@@ -189,6 +187,11 @@ def level_model(
         round_to=round_to,
     )  # fmt: skip
     return pruned
+
+
+def _producer(group: ChannelGroup) -> str:
+    """The first layer whose outputs are the group's channels (the key ``prune_channels(ratio=)`` takes)."""
+    return next(m for m, role in group.layers if role == "out")
 
 
 def _group_mask(group: ChannelGroup, scores: Tensor, share: float, min_channels: int, round_to: int) -> Tensor:
@@ -325,9 +328,8 @@ def level_search(
                                min_channels=min_channels, round_to=round_to)  # fmt: skip
     rows = torch.arange(len(order))
     predicted = d_table[rows, index].sum(1)
-    ok = torch.ones(index.shape[0], dtype=torch.bool)
-    if metric is not None:
-        ok &= totals <= fraction * cost.base.get(metric) * (1 + 1e-12)
+    budget = fraction * cost.base.get(metric) * (1 + 1e-12) if metric is not None else math.inf
+    ok = totals <= budget
     if max_latency is not None:
         t_table = torch.tensor([[curves[lvl][str(s)]["latency"] for s in grid] for lvl in order], dtype=torch.float64)
         predicted_latency = 1.0 - (1.0 - t_table[rows, index]).sum(1)
@@ -354,19 +356,24 @@ def level_search(
     candidates = candidates[torch.argsort(predicted[candidates], stable=True)]
     verified: list[dict[str, Any]] = []
     met: list[dict[str, Any]] = []
+
+    def measure(shares: Mapping[str, float], spent: float, **extra: Any) -> dict[str, Any]:
+        pruned = build(shares)
+        entry = {
+            "shares": [shares[lvl] for lvl in order],
+            "cost_ratio": float(spent / cost.base.get(metric_for_grid)),
+            **extra,
+            "damage": float(damage(pruned)),
+            "latency": float(latency(pruned)) if max_latency is not None else None,
+        }
+        verified.append(entry)
+        return entry
+
     limit = min(max_builds, candidates.numel())
     with progress_bar("channel levels: checking combinations", limit, enabled=progress) as advance:
         for i in candidates[:limit].tolist():
             shares = {lvl: grid[int(j)] for lvl, j in zip(order, index[i].tolist())}
-            pruned = build(shares)
-            entry = {
-                "shares": [shares[lvl] for lvl in order],
-                "cost_ratio": float(totals[i] / cost.base.get(metric_for_grid)),
-                "predicted_damage": float(predicted[i]),
-                "damage": float(damage(pruned)),
-                "latency": float(latency(pruned)) if max_latency is not None else None,
-            }
-            verified.append(entry)
+            entry = measure(shares, float(totals[i]), predicted_damage=float(predicted[i]))
             advance()
             if max_latency is None or entry["latency"] <= max_latency:
                 met.append(entry)
@@ -382,7 +389,6 @@ def level_search(
     best = min(met, key=lambda e: e["damage"])
     shares = dict(zip(order, best["shares"]))
     step = min(b - a for a, b in zip(grid, grid[1:])) / 2 if len(grid) > 1 else 0.0
-    budget = fraction * cost.base.get(metric) * (1 + 1e-12) if metric is not None else None
     with progress_bar("channel levels: growing the kept one", 2 * len(order), enabled=progress) as advance:
         for _ in range(2):
             for lvl in order:
@@ -392,19 +398,14 @@ def level_search(
                     continue
                 trial = {**shares, lvl: share}
                 keep = level_masks(graph, scores, levels, trial, min_channels=min_channels, round_to=round_to)
-                spent = cost(keep).get(metric_for_grid)
-                if budget is not None and spent > budget:
+                now = level_masks(graph, scores, levels, shares, min_channels=min_channels, round_to=round_to)
+                if all(torch.equal(keep[g], now[g]) for g in keep):  # no channel more: the same model
+                    shares = trial
                     continue
-                pruned = build(trial)
-                entry = {
-                    "shares": [trial[v] for v in order],
-                    "cost_ratio": float(spent / cost.base.get(metric_for_grid)),
-                    "predicted_damage": None,
-                    "damage": float(damage(pruned)),
-                    "latency": float(latency(pruned)) if max_latency is not None else None,
-                    "grown": True,
-                }
-                verified.append(entry)
+                spent = cost(keep).get(metric_for_grid)
+                if spent > budget:
+                    continue
+                entry = measure(trial, spent, grown=True)
                 fast = max_latency is None or entry["latency"] <= max_latency
                 if fast and entry["damage"] < best["damage"]:
                     best, shares = entry, trial
